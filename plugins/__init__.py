@@ -1,0 +1,1 @@
+"""zooadapt's built-in plugins, registered through the same entry points third parties use."""

@@ -1,0 +1,97 @@
+"""Small helpers that turn a model's layout into freeze-group regexes.
+
+Built-in families use these to stay data-like: each helper returns a function of the
+model that yields ``(group name, regex)`` pairs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+from torch import nn
+
+GroupList = list[tuple[str, str]]
+
+
+def prefix(*paths: str) -> str:
+    """Regex matching parameters under any of the module ``paths``."""
+    return r"^(" + "|".join(re.escape(p) for p in paths) + r")\."
+
+
+def exact(*names: str) -> str:
+    """Regex matching exactly the parameter ``names`` (parameters owned by the root)."""
+    return r"^(" + "|".join(re.escape(n) for n in names) + r")$"
+
+
+def either(*patterns: str) -> str:
+    """Regex matching any of ``patterns``."""
+    return "|".join(f"(?:{p})" for p in patterns)
+
+
+def _children_with_params(model: nn.Module, path: str) -> list[tuple[str, nn.Module]]:
+    parent = model.get_submodule(path)
+    return [(n, c) for n, c in parent.named_children() if any(True for _ in c.parameters())]
+
+
+def _is_pool(module: nn.Module) -> bool:
+    return isinstance(module, (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd))
+
+
+def _downsamples(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) and max(m.stride) > 1 for m in module.modules())
+
+
+def _named(path: str, runs: Iterable[list[str]], name: str, start: int = 1) -> GroupList:
+    return [
+        (f"{name}{i}", prefix(*(f"{path}.{child}" for child in run)))
+        for i, run in enumerate((r for r in runs if r), start=start)
+    ]
+
+
+def pooled_blocks(path: str, name: str = "block") -> Callable[[nn.Module], GroupList]:
+    """One group per run of ``path``'s children that ends at a pooling layer (VGG)."""
+
+    def groups(model: nn.Module) -> GroupList:
+        runs: list[list[str]] = [[]]
+        for child_name, child in model.get_submodule(path).named_children():
+            if any(True for _ in child.parameters()):
+                runs[-1].append(child_name)
+            if _is_pool(child):
+                runs.append([])
+        return _named(path, runs, name)
+
+    return groups
+
+
+def strided_stages(
+    path: str, skip: int = 1, name: str = "stage"
+) -> Callable[[nn.Module], GroupList]:
+    """Stages of ``path``'s children (after the first ``skip``), split where one downsamples."""
+
+    def groups(model: nn.Module) -> GroupList:
+        runs: list[list[str]] = [[]]
+        for child_name, child in _children_with_params(model, path)[skip:]:
+            if _downsamples(child) and runs[-1]:
+                runs.append([])
+            runs[-1].append(child_name)
+        return _named(path, runs, name)
+
+    return groups
+
+
+def child_stages(
+    path: str, skip: int = 1, name: str = "stage", merge_last: int = 0
+) -> Callable[[nn.Module], GroupList]:
+    """One group per child of ``path`` after the first ``skip``.
+
+    The last ``merge_last`` children join the stage before them (a final 1x1 conv, say).
+    """
+
+    def groups(model: nn.Module) -> GroupList:
+        children = [n for n, _ in _children_with_params(model, path)[skip:]]
+        runs = [[c] for c in children[: len(children) - merge_last]]
+        runs[-1].extend(children[len(children) - merge_last :])
+        return _named(path, runs, name)
+
+    return groups

@@ -1,0 +1,32 @@
+"""Vision Transformer B/L/H (torchvision)."""
+
+from zooadapt_plugins._layout import either, exact, prefix
+
+from zooadapt import Family, hookimpl
+
+
+def _groups(model):
+    layers = [name for name, _ in model.encoder.layers.named_children()]
+    blocks = [(f"block{i}", prefix(f"encoder.layers.{name}")) for i, name in enumerate(layers)]
+    last_name, last_pattern = blocks[-1]
+    blocks[-1] = (last_name, either(last_pattern, prefix("encoder.ln")))
+    groups = [
+        ("stem", either(prefix("conv_proj"), exact("class_token", "encoder.pos_embedding"))),
+        *blocks,
+    ]
+    if hasattr(model.heads, "pre_logits"):
+        groups.append(("pre_logits", prefix("heads.pre_logits")))
+    groups.append(("head", prefix("heads.head")))
+    return groups
+
+
+@hookimpl
+def zooadapt_families():
+    """ViT: patch embedding with tokens, one group per encoder block, head."""
+    yield Family(
+        name="vit",
+        classes=("torchvision.models.vision_transformer.VisionTransformer",),
+        head="heads.head",
+        stem="conv_proj",
+        groups=_groups,
+    )

@@ -1,0 +1,220 @@
+"""The plugin manager: entry-point discovery and a typed facade over the hooks.
+
+Core code never calls ``pm.hook.*``; it calls :meth:`PluginManager.families`,
+:meth:`PluginManager.zoos` and :meth:`PluginManager.rename_rules`, which call each hook
+implementation themselves so that a failure is reported with the plugin's name.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, Generic, TypeVar
+
+import pluggy
+
+from zooadapt import hookspecs
+from zooadapt.errors import PluginError, PluginWarning
+from zooadapt.types import Family, RenameRule, Zoo
+
+__all__ = ["Declared", "FailedPlugin", "PluginManager", "get_plugin_manager", "make_plugin_manager"]
+
+PROJECT = "zooadapt"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Declared(Generic[T]):
+    """Something a plugin declared, with the name of the plugin that declared it."""
+
+    item: T
+    plugin: str
+
+
+@dataclass(frozen=True)
+class FailedPlugin:
+    """An entry-point plugin that could not be loaded, and why."""
+
+    name: str
+    dist: str
+    error: str
+
+
+def _env_names(variable: str) -> set[str] | None:
+    value = os.environ.get(variable, "").strip()
+    return {name.strip() for name in value.split(",") if name.strip()} if value else None
+
+
+def _strict() -> bool:
+    return os.environ.get("ZOOADAPT_STRICT_PLUGINS", "") not in ("", "0", "false", "False")
+
+
+def _dist_label(ep: EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"{dist.name}=={dist.version}" if dist is not None else "unknown distribution"
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager with zooadapt's hookspecs, safe loading and a typed facade."""
+
+    def __init__(self) -> None:
+        super().__init__(PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.failed: list[FailedPlugin] = []
+        self.distributions: dict[str, str] = {}
+
+    # -- registration ----------------------------------------------------------------
+
+    def add(self, plugin: object, name: str | None = None) -> str:
+        """Register ``plugin`` and validate its hooks at once.
+
+        Args:
+            plugin: A module or object with ``@hookimpl`` functions.
+            name: Plugin name; defaults to the module's name.
+
+        Returns:
+            The name the plugin was registered under.
+
+        Raises:
+            PluginError: If a hook is misspelled or has arguments no hookspec offers.
+        """
+        try:
+            registered = self.register(plugin, name=name)
+            self.check_pending()
+        except (pluggy.PluginValidationError, ValueError) as err:
+            if self.is_registered(plugin):
+                self.unregister(plugin)
+            raise PluginError(f"plugin {name or plugin!r} is invalid: {err}") from err
+        if registered is None:
+            raise PluginError(f"plugin {name!r} is blocked (ZOOADAPT_DISABLE_PLUGINS)")
+        return registered
+
+    def load_entrypoints(self) -> None:
+        """Load every plugin of the ``zooadapt`` entry-point group, sorted by name.
+
+        ``ZOOADAPT_PLUGINS=a,b`` loads only the named plugins and
+        ``ZOOADAPT_DISABLE_PLUGINS=a,b`` skips those; both apply to built-in and
+        third-party plugins alike. A plugin that fails to import or validate is skipped
+        with a :class:`PluginWarning` naming it, unless ``ZOOADAPT_STRICT_PLUGINS=1``.
+        """
+        allowed = _env_names("ZOOADAPT_PLUGINS")
+        blocked = _env_names("ZOOADAPT_DISABLE_PLUGINS") or set()
+        seen: set[str] = set()
+        for ep in sorted(entry_points(group=PROJECT), key=lambda ep: ep.name):
+            if ep.name in seen or ep.name in blocked or (allowed and ep.name not in allowed):
+                continue
+            seen.add(ep.name)
+            self._load_entrypoint(ep)
+
+    def _load_entrypoint(self, ep: EntryPoint) -> None:
+        dist = _dist_label(ep)
+        try:
+            self.add(ep.load(), name=ep.name)
+        except Exception as err:  # noqa: BLE001 - one broken plugin must not break all
+            message = f"zooadapt: skipping plugin {ep.name!r} ({dist}): {err!r}"
+            if _strict():
+                raise PluginError(message) from err
+            warnings.warn(message, PluginWarning, stacklevel=3)
+            self.failed.append(FailedPlugin(ep.name, dist, repr(err)))
+            return
+        self.distributions[ep.name] = dist
+
+    # -- typed facade ----------------------------------------------------------------
+
+    def _collect(self, hook_name: str, kind: type[T], **kwargs: Any) -> list[Declared[T]]:
+        hook = getattr(self.hook, hook_name)
+        results: list[Declared[T]] = []
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            call_kwargs = {key: kwargs[key] for key in impl.argnames}
+            try:
+                items = list(impl.function(**call_kwargs) or ())
+            except Exception as err:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} failed in {hook_name}: {err!r}"
+                ) from err
+            for item in items:
+                if not isinstance(item, kind):
+                    raise PluginError(
+                        f"plugin {impl.plugin_name!r} returned {type(item).__name__} from "
+                        f"{hook_name}; expected {kind.__name__}"
+                    )
+                results.append(Declared(item, impl.plugin_name))
+        return results
+
+    def families(self) -> list[Declared[Family]]:
+        """Every declared family with its plugin; names are unique.
+
+        Raises:
+            PluginError: If a plugin fails, or two plugins declare the same family name.
+        """
+        return _unique(self._collect("zooadapt_families", Family), "family")
+
+    def zoos(self) -> list[Declared[Zoo]]:
+        """Every declared zoo with its plugin, in lookup order (``Zoo.order``, then name)."""
+        zoos = _unique(self._collect("zooadapt_zoos", Zoo), "zoo")
+        return sorted(zoos, key=lambda d: (d.item.order, d.item.name))
+
+    def rename_rules(self, family: Family) -> list[RenameRule]:
+        """The family's own rename rules followed by those other plugins add for it."""
+        extra = self._collect("zooadapt_rename_rules", RenameRule, family=family.name)
+        return [*family.rename_rules, *(d.item for d in extra)]
+
+    def plugin_info(self) -> list[dict[str, Any]]:
+        """Describe every registered plugin (name, distribution, hooks) for display."""
+        families = {d.item.name: d.plugin for d in self.families()}
+        zoos = {d.item.name: d.plugin for d in self.zoos()}
+        info = []
+        for name, plugin in sorted(self.list_name_plugin()):
+            hooks = sorted(c.name for c in self.get_hookcallers(plugin) or ())
+            info.append(
+                {
+                    "name": name,
+                    "dist": self.distributions.get(name, "not installed"),
+                    "hooks": hooks,
+                    "families": sorted(f for f, p in families.items() if p == name),
+                    "zoos": sorted(z for z, p in zoos.items() if p == name),
+                }
+            )
+        return info
+
+
+def _unique(declared: Iterable[Declared[T]], what: str) -> list[Declared[T]]:
+    by_name: dict[str, Declared[T]] = {}
+    for entry in declared:
+        name = entry.item.name  # type: ignore[attr-defined]
+        if name in by_name:
+            other = by_name[name].plugin
+            raise PluginError(
+                f"{what} {name!r} is declared by both plugin {other!r} and plugin "
+                f"{entry.plugin!r}; disable one with ZOOADAPT_DISABLE_PLUGINS"
+            )
+        by_name[name] = entry
+    return list(by_name.values())
+
+
+def make_plugin_manager(*plugins: object, entrypoints: bool = False) -> PluginManager:
+    """Build a plugin manager holding exactly ``plugins`` (hermetic, for tests).
+
+    Args:
+        *plugins: Modules or objects with ``@hookimpl`` functions.
+        entrypoints: Also load every installed entry-point plugin.
+
+    Returns:
+        A new :class:`PluginManager`.
+    """
+    pm = PluginManager()
+    if entrypoints:
+        pm.load_entrypoints()
+    for plugin in plugins:
+        pm.add(plugin)
+    return pm
+
+
+@functools.cache
+def get_plugin_manager() -> PluginManager:
+    """The shared plugin manager with every installed plugin (loaded once, then cached)."""
+    return make_plugin_manager(entrypoints=True)

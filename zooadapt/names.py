@@ -1,0 +1,99 @@
+"""Registry names: listing models across zoos and resolving a name to one zoo's model.
+
+An unqualified name is looked up in ascending ``Zoo.order`` (torchvision before timm); a
+qualified ``zoo/name`` always wins; timm-style ``name.tag`` selects pretrained weights.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import functools
+from dataclasses import dataclass
+
+from zooadapt.errors import ModelNotFoundError, PluginError
+from zooadapt.manager import Declared, PluginManager, get_plugin_manager
+from zooadapt.types import Zoo
+
+__all__ = ["ModelRef", "list_models", "resolve_name"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved registry name: the zoo, the architecture and an optional weights tag."""
+
+    zoo: Declared[Zoo]
+    arch: str
+    tag: str | None = None
+
+    @property
+    def qualified(self) -> str:
+        """``zoo/arch``."""
+        return f"{self.zoo.item.name}/{self.arch}"
+
+
+@functools.cache
+def _architectures(zoo: Zoo) -> frozenset[str]:
+    return frozenset(zoo.models())
+
+
+def _zoo_architectures(declared: Declared[Zoo]) -> frozenset[str]:
+    try:
+        return _architectures(declared.item)
+    except Exception as err:
+        raise PluginError(
+            f"plugin {declared.plugin!r} failed listing zoo {declared.item.name!r}: {err!r}"
+        ) from err
+
+
+def list_models(pattern: str = "*", *, plugin_manager: PluginManager | None = None) -> list[str]:
+    """Qualified names (``zoo/arch``) of every model of every installed zoo.
+
+    Args:
+        pattern: fnmatch pattern, matched against the qualified and the bare name.
+        plugin_manager: Defaults to the shared manager with every installed plugin.
+
+    Returns:
+        Sorted qualified names, zoo by zoo in lookup order.
+    """
+    pm = plugin_manager or get_plugin_manager()
+    found = []
+    for zoo in pm.zoos():
+        for arch in sorted(_zoo_architectures(zoo)):
+            qualified = f"{zoo.item.name}/{arch}"
+            if fnmatch.fnmatchcase(qualified, pattern) or fnmatch.fnmatchcase(arch, pattern):
+                found.append(qualified)
+    return found
+
+
+def resolve_name(name: str, pm: PluginManager) -> ModelRef:
+    """Resolve a registry name to the zoo that builds it.
+
+    Raises:
+        ModelNotFoundError: With the closest known names, if nothing matches.
+    """
+    zoos = pm.zoos()
+    zoo_name, slash, arch = name.rpartition("/")
+    if slash:
+        zoos = [z for z in zoos if z.item.name == zoo_name]
+        if not zoos:
+            known = ", ".join(z.item.name for z in pm.zoos()) or "none installed"
+            raise ModelNotFoundError(f"unknown zoo {zoo_name!r} in {name!r}; zoos: {known}")
+    for zoo in zoos:
+        archs = _zoo_architectures(zoo)
+        if arch in archs:
+            return ModelRef(zoo, arch)
+        base, dot, tag = arch.partition(".")
+        if dot and base in archs:
+            return ModelRef(zoo, base, tag)
+    raise ModelNotFoundError(_not_found_message(name, pm))
+
+
+def _not_found_message(name: str, pm: PluginManager) -> str:
+    candidates = list_models(plugin_manager=pm)
+    if not candidates:
+        return f"unknown model {name!r}: no zoo plugins are installed; did you `pip install -e .`?"
+    bare = {q.rpartition("/")[2]: q for q in candidates}
+    close = difflib.get_close_matches(name.rpartition("/")[2], list(bare), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(bare[c] for c in close)}?" if close else ""
+    return f"unknown model {name!r}{hint} (`zooadapt list` shows all {len(candidates)})"

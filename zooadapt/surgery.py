@@ -1,0 +1,150 @@
+"""Module surgery: replace heads, rebuild stems from pretrained filters.
+
+Every function here either computes a replacement without touching the model, or applies
+one that was computed before; :func:`zooadapt.adapt` validates everything first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from zooadapt.errors import AdaptError
+
+__all__ = [
+    "StemInit",
+    "adapt_conv_weight",
+    "default_stem_init",
+    "head_out_features",
+    "make_head",
+    "set_submodule",
+]
+
+#: ``"sum"``, ``"repeat"``, ``"zeros"``, or a channel map: for each new input channel, the
+#: index of the pretrained channel it starts from (``None`` for zeros).
+StemInit = str | Sequence[int | None]
+STRATEGIES = ("sum", "repeat", "zeros")
+
+
+def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted ``path`` with ``module``."""
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, module)
+
+
+def head_out_features(head: nn.Module) -> int:
+    """Number of outputs of a classifier layer (``nn.Linear`` or a 1x1 convolution)."""
+    if isinstance(head, nn.Linear):
+        return head.out_features
+    if _is_pointwise_conv(head):
+        return head.out_channels  # type: ignore[return-value]
+    raise AdaptError(
+        f"head {type(head).__name__} is neither nn.Linear nor a 1x1 convolution; "
+        "its family must declare reset_head"
+    )
+
+
+def _is_pointwise_conv(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
+
+
+def make_head(old: nn.Module, num_classes: int) -> nn.Module:
+    """A fresh classifier shaped like ``old`` with ``num_classes`` outputs.
+
+    The new layer has ``old``'s input size, bias setting, device and dtype, and PyTorch's
+    default initialisation.
+    """
+    head_out_features(old)  # validates the layer type
+    factory = {"device": old.weight.device, "dtype": old.weight.dtype}
+    if isinstance(old, nn.Linear):
+        return nn.Linear(old.in_features, num_classes, bias=old.bias is not None, **factory)
+    assert isinstance(old, nn.Conv2d)
+    return nn.Conv2d(
+        old.in_channels, num_classes, 1, stride=old.stride, bias=old.bias is not None, **factory
+    )
+
+
+def default_stem_init(in_chans: int) -> str:
+    """``"sum"`` for one channel, ``"repeat"`` otherwise (timm's rule)."""
+    return "sum" if in_chans == 1 else "repeat"
+
+
+def adapt_conv_weight(weight: torch.Tensor, in_chans: int, init: StemInit) -> torch.Tensor:
+    """Derive a convolution weight for ``in_chans`` input channels from a pretrained one.
+
+    Args:
+        weight: Pretrained weight, shape ``(out, base_chans, *kernel)``.
+        in_chans: Number of input channels wanted.
+        init: ``"sum"``: every new channel is the sum of the pretrained filters divided by
+            ``in_chans``, so an image whose channels all equal a gray image gives the
+            pretrained output for that gray image replicated to RGB. ``"repeat"``: cycle the
+            pretrained channels and rescale by ``base_chans / in_chans`` (timm's rule).
+            ``"zeros"``: keep the pretrained channels, extra ones start at zero, so the
+            output equals the pretrained output on the first ``base_chans`` channels.
+            A channel map: new channel ``i`` copies pretrained channel ``init[i]`` (zeros
+            for ``None``), without rescaling.
+
+    Returns:
+        A new tensor of shape ``(out, in_chans, *kernel)`` on ``weight``'s device and dtype.
+
+    Raises:
+        AdaptError: If the strategy is unknown or cannot produce ``in_chans`` channels.
+    """
+    base = weight.shape[1]
+    if isinstance(init, str):
+        if init == "sum":
+            summed = weight.sum(dim=1, keepdim=True) / in_chans
+            return summed.expand(-1, in_chans, *weight.shape[2:]).clone()
+        if init == "repeat":
+            repeats = math.ceil(in_chans / base)
+            repeated = weight.repeat(1, repeats, *([1] * (weight.dim() - 2)))
+            return repeated[:, :in_chans] * (base / in_chans)
+        if init == "zeros":
+            if in_chans < base:
+                raise AdaptError(
+                    f"stem_init='zeros' keeps the {base} pretrained channels and needs "
+                    f"in_chans >= {base}, got {in_chans}; use 'sum', 'repeat' or a channel map"
+                )
+            return _from_channel_map(weight, list(range(base)) + [None] * (in_chans - base))
+        raise AdaptError(f"unknown stem_init {init!r}; use one of {STRATEGIES} or a channel map")
+    channel_map = list(init)
+    if len(channel_map) != in_chans:
+        raise AdaptError(
+            f"stem_init channel map has {len(channel_map)} entries, in_chans is {in_chans}"
+        )
+    return _from_channel_map(weight, channel_map)
+
+
+def _from_channel_map(weight: torch.Tensor, channel_map: list[int | None]) -> torch.Tensor:
+    base = weight.shape[1]
+    columns = []
+    for source in channel_map:
+        if source is None:
+            columns.append(torch.zeros_like(weight[:, :1]))
+        elif isinstance(source, int) and not isinstance(source, bool) and 0 <= source < base:
+            columns.append(weight[:, source : source + 1])
+        else:
+            raise AdaptError(
+                f"stem_init channel map entry {source!r} is not None or a channel in 0..{base - 1}"
+            )
+    return torch.cat(columns, dim=1)
+
+
+def check_stem(conv: nn.Module, path: str) -> nn.Module:
+    """Return ``conv`` if zooadapt can change its input channels, else raise AdaptError."""
+    if not isinstance(conv, nn.modules.conv._ConvNd) or conv.groups != 1:
+        raise AdaptError(
+            f"stem {path!r} is {type(conv).__name__}; zooadapt can only change the input "
+            "channels of an ungrouped convolution"
+        )
+    return conv
+
+
+def set_stem_weight(conv: nn.Module, weight: torch.Tensor) -> None:
+    """Install ``weight`` (already adapted) in the stem convolution, in place."""
+    conv.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
+    conv.in_channels = weight.shape[1]

@@ -1,0 +1,185 @@
+"""Frozen dataclasses that plugins return from hooks and that zooadapt returns to users."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["Anatomy", "Family", "RenameRule", "Weights", "Zoo"]
+
+#: A value a family declares either as data or as a function of the model instance.
+Paths = Union[str, Sequence[str], "Callable[[nn.Module], Sequence[str]]"]
+Groups = Union[
+    Mapping[str, str],
+    Sequence[tuple[str, str]],
+    "Callable[[nn.Module], Sequence[tuple[str, str]]]",
+]
+
+
+@dataclass(frozen=True)
+class RenameRule:
+    r"""A regex substitution applied to every checkpoint key.
+
+    Args:
+        pattern: Regular expression searched in each key.
+        replacement: ``re.sub`` replacement (``\\1`` back-references allowed).
+        name: Short label shown in load reports.
+    """
+
+    pattern: str
+    replacement: str
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        re.compile(self.pattern)
+        if not self.name:
+            object.__setattr__(self, "name", f"{self.pattern} -> {self.replacement}")
+
+    def apply(self, key: str) -> str:
+        """Return ``key`` with this rule applied."""
+        return re.sub(self.pattern, self.replacement, key)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What an architecture family knows about itself.
+
+    Fields that depend on the instance (a depth, a number of blocks) may be given as a
+    function of the model instead of as data.
+
+    Args:
+        name: Unique family name, e.g. ``"resnet"``.
+        head: Module path(s) of the classifier layer(s) that ``num_classes`` replaces:
+            ``nn.Linear`` or a 1x1 ``nn.Conv2d``.
+        stem: Module path of the first convolution that ``in_chans`` rebuilds, or ``None``.
+        groups: Ordered freeze groups, input to output, head last: group name -> regex
+            searched in parameter names. Every parameter must match exactly one group.
+        classes: Qualified class names (``"torchvision.models.resnet.ResNet"``) this family
+            owns; an exact class beats a subclass, which beats ``match``.
+        match: Predicate for models that cannot be recognised by class.
+        aux_heads: Optional head paths, replaced when present and not ``None``
+            (GoogLeNet's ``aux1.fc2``).
+        rename_rules: Key renames that this family's historical checkpoints need.
+        stem_overrides: Attributes set on the model when its input channels change, for
+            RGB-only behaviour such as Inception's ``transform_input``.
+        reset_head: Optional replacement of the generic head surgery,
+            called as ``reset_head(model, num_classes)``.
+        fallback: Generic family that claims any model, used only when nothing else does.
+    """
+
+    name: str
+    head: Paths
+    stem: str | None | Callable[[nn.Module], str | None]
+    groups: Groups
+    classes: tuple[str, ...] = ()
+    match: Callable[[nn.Module], bool] | None = None
+    aux_heads: tuple[str, ...] = ()
+    rename_rules: tuple[RenameRule, ...] = ()
+    stem_overrides: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    reset_head: Callable[[nn.Module, int], None] | None = None
+    fallback: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.classes, str):
+            object.__setattr__(self, "classes", (self.classes,))
+        if isinstance(self.aux_heads, str):
+            object.__setattr__(self, "aux_heads", (self.aux_heads,))
+        if not callable(self.groups):
+            object.__setattr__(self, "groups", _group_pairs(self.groups))
+        object.__setattr__(self, "rename_rules", tuple(self.rename_rules))
+
+    def head_paths(self, model: nn.Module) -> tuple[str, ...]:
+        """Return the required head paths for ``model``."""
+        head = self.head(model) if callable(self.head) else self.head
+        return (head,) if isinstance(head, str) else tuple(head)
+
+    def stem_path(self, model: nn.Module) -> str | None:
+        """Return the stem path for ``model``, or ``None`` if it has no adaptable stem."""
+        return self.stem(model) if callable(self.stem) else self.stem
+
+    def group_patterns(self, model: nn.Module) -> tuple[tuple[str, str], ...]:
+        """Return ``(group name, regex)`` pairs for ``model``, input to output."""
+        groups = self.groups(model) if callable(self.groups) else self.groups
+        return _group_pairs(groups)
+
+
+def _group_pairs(
+    groups: Mapping[str, str] | Iterable[tuple[str, str]],
+) -> tuple[tuple[str, str], ...]:
+    pairs = tuple(groups.items()) if isinstance(groups, Mapping) else tuple(groups)
+    for _, pattern in pairs:
+        re.compile(pattern)
+    return pairs
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One set of pretrained weights a zoo can provide.
+
+    Args:
+        model: Qualified model name, e.g. ``"torchvision/mobilenet_v2"``.
+        tag: Weights name within the model, e.g. ``"IMAGENET1K_V1"``.
+        url: Where the file is published.
+        file: Where the file is expected in the local cache.
+        sha256: Published sha256 (or its prefix); empty if unknown.
+        default: Whether ``pretrained=True`` selects these weights.
+        num_classes: Classes of the pretrained head, if known.
+    """
+
+    model: str
+    tag: str
+    url: str
+    file: Path
+    sha256: str = ""
+    default: bool = False
+    num_classes: int | None = None
+
+    @property
+    def cached(self) -> bool:
+        """Whether the file is present in the local cache."""
+        return self.file.is_file()
+
+
+@dataclass(frozen=True)
+class Zoo:
+    """A source of named models, declared by a zoo plugin.
+
+    Args:
+        name: Zoo name, the prefix of qualified names (``"torchvision"``).
+        models: Returns the architecture names the zoo can build.
+        build: ``build(arch, weights, **kwargs)`` returns the model, with ``weights``
+            (already present in the local cache) loaded when not ``None``.
+        weights: ``weights(arch)`` lists the pretrained weights known for an architecture.
+        order: Zoos are searched in ascending order for unqualified names.
+    """
+
+    name: str
+    models: Callable[[], Iterable[str]]
+    build: Callable[..., nn.Module]
+    weights: Callable[[str], Sequence[Weights]] = lambda arch: ()
+    order: int = 100
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """What the plugins say about one model instance.
+
+    Attributes:
+        family: Name of the owning family.
+        plugin: Name of the plugin that declared the family.
+        head: Module paths of the heads present on the model (aux heads included).
+        stem: Module path of the stem convolution, or ``None``.
+        groups: Group name -> parameter names, input to output, head last.
+    """
+
+    family: str
+    plugin: str
+    head: tuple[str, ...]
+    stem: str | None
+    groups: dict[str, list[str]]
