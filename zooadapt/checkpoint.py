@@ -25,6 +25,9 @@ __all__ = ["GENERIC_RULES", "LoadReport", "load_state", "read_state_dict", "rena
 #: Keys under which training checkpoints nest the model's state dict, in preference order.
 NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model_state_dict", "model", "module")
 
+#: Entries of each kind that a report's text shows before summarising the rest.
+REPORT_LINES = 10
+
 #: Prefixes that wrappers add: DataParallel/DDP, torch.compile, Lightning.
 GENERIC_RULES = (
     RenameRule(r"^module\.", "", name="strip DataParallel/DDP 'module.'"),
@@ -131,15 +134,25 @@ class LoadReport:
         return not (self.mismatched or self.missing or self.unexpected)
 
     def __str__(self) -> str:
+        sections = [
+            ("renamed", [f"{old} -> {new} ({rule})" for old, (new, rule) in self.renamed.items()]),
+            ("adapted", [f"{k} (input channels)" for k in self.adapted]),
+            ("dropped", [f"{k} (head replaced)" for k in self.dropped]),
+            (
+                "mismatched",
+                [
+                    f"{k}: checkpoint {list(got)}, model {list(want)}"
+                    for k, (got, want) in self.mismatched.items()
+                ],
+            ),
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+        ]
         lines = [f"loaded {len(self.loaded)} tensors"]
-        for old, (new, rule) in self.renamed.items():
-            lines.append(f"  renamed     {old} -> {new} ({rule})")
-        lines += [f"  adapted     {k} (input channels)" for k in self.adapted]
-        lines += [f"  dropped     {k} (head replaced)" for k in self.dropped]
-        for key, (got, want) in self.mismatched.items():
-            lines.append(f"  mismatched  {key}: checkpoint {list(got)}, model {list(want)}")
-        lines += [f"  missing     {k}" for k in self.missing]
-        lines += [f"  unexpected  {k}" for k in self.unexpected]
+        for label, entries in sections:
+            lines += [f"  {label:<11} {entry}" for entry in entries[:REPORT_LINES]]
+            if len(entries) > REPORT_LINES:
+                lines.append(f"  {label:<11} ... and {len(entries) - REPORT_LINES} more")
         return "\n".join(lines)
 
 

