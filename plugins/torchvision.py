@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from zooadapt import Weights, Zoo, hookimpl, read_state_dict
+from zooadapt import Weights, Zoo, build_on_meta, hookimpl, read_state_dict
 
 ZOO = "torchvision"
 
@@ -49,19 +52,40 @@ def _weights(arch: str) -> list[Weights]:
 def _build(arch: str, weights: Weights | None = None, **kwargs: Any) -> Any:
     """Run torchvision's own builder, so that its pretrained-specific settings apply.
 
-    The builder's download-and-unpickle step is redirected to the verified local file,
-    read with ``weights_only=True``.
+    With weights, the builder runs on the meta device and its download-and-unpickle step
+    is redirected to the verified local file (read with ``weights_only=True``, memory
+    mapped) whose tensors are installed as they are: no random initialisation, no second
+    copy. Builders that need real tensors while constructing are run normally instead.
     """
-    from torchvision.models import _api, get_model
+    from torchvision.models import get_model
 
     if weights is None:
         return get_model(arch, **kwargs)
-    original = _api.load_state_dict_from_url
-    _api.load_state_dict_from_url = lambda *args, **kw: read_state_dict(weights.file)
-    try:
+    state = read_state_dict(weights.file)
+    with _weights_from(state, assign=True):
+        model = build_on_meta(lambda: get_model(arch, weights=weights.tag, **kwargs))
+    if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        return model
+    with _weights_from(state, assign=False):
         return get_model(arch, weights=weights.tag, **kwargs)
+
+
+@contextlib.contextmanager
+def _weights_from(state: dict[str, Any], *, assign: bool) -> Iterator[None]:
+    """Make torchvision's weights enum return ``state``; optionally load by assignment."""
+    import torch
+    from torchvision.models import _api
+
+    original_fetch = _api.load_state_dict_from_url
+    original_load = torch.nn.Module.load_state_dict
+    _api.load_state_dict_from_url = lambda *args, **kw: state
+    if assign:
+        torch.nn.Module.load_state_dict = functools.partialmethod(original_load, assign=True)
+    try:
+        yield
     finally:
-        _api.load_state_dict_from_url = original
+        _api.load_state_dict_from_url = original_fetch
+        torch.nn.Module.load_state_dict = original_load
 
 
 @hookimpl

@@ -7,7 +7,8 @@ Example:
 
 from zooadapt.adapt import adapt
 from zooadapt.anatomy import anatomy
-from zooadapt.checkpoint import LoadReport, read_state_dict
+from zooadapt.checkpoint import read_state_dict
+from zooadapt.construct import build_on_meta
 from zooadapt.errors import (
     AdaptError,
     AmbiguousFamilyError,
@@ -20,10 +21,12 @@ from zooadapt.errors import (
     ZooAdaptError,
 )
 from zooadapt.hookspecs import hookimpl
+from zooadapt.loading import LoadReport, load_weights
 from zooadapt.manager import PluginManager, get_plugin_manager, make_plugin_manager
 from zooadapt.names import list_models
 from zooadapt.summary import summary
 from zooadapt.types import Anatomy, Family, RenameRule, Weights, Zoo
+from zooadapt.wrappers import unwrap
 
 __version__ = "0.1.0"
 
@@ -47,10 +50,13 @@ __all__ = [
     "__version__",
     "adapt",
     "anatomy",
+    "build_on_meta",
     "get_plugin_manager",
     "hookimpl",
     "list_models",
+    "load_weights",
     "make_plugin_manager",
     "read_state_dict",
     "summary",
+    "unwrap",
 ]

@@ -16,6 +16,7 @@ from zooadapt.errors import (
 )
 from zooadapt.manager import Declared, PluginManager, get_plugin_manager
 from zooadapt.types import Anatomy, Family
+from zooadapt.wrappers import unwrap
 
 __all__ = ["anatomy", "class_name", "describe", "family_rank", "select_family"]
 
@@ -138,6 +139,7 @@ def describe(
     model: nn.Module, pm: PluginManager, family: str | Family | None = None
 ) -> tuple[Declared[Family], Anatomy]:
     """The owning family (with its plugin) and the anatomy it declares for ``model``."""
+    model = unwrap(model)
     declared = select_family(model, pm, family)
     fam = declared.item
     owner = f"family {fam.name!r} (plugin {declared.plugin!r})"

@@ -1,277 +1,133 @@
-"""Read checkpoints safely and load them into (adapted) models, with a report.
-
-Loading is validate-then-copy: the complete set of tensors to load is computed and
-checked first, so on any error the model is exactly as it was.
-"""
+"""Read checkpoint files safely: safetensors or torch files, never running pickled code."""
 
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
 
 from zooadapt.errors import CheckpointError
-from zooadapt.surgery import StemInit, adapt_conv_weight, default_stem_init
-from zooadapt.types import RenameRule
 
-__all__ = ["GENERIC_RULES", "LoadReport", "load_state", "read_state_dict", "rename_keys"]
+__all__ = ["NESTED_KEYS", "Source", "read_state_dict"]
 
 #: Keys under which training checkpoints nest the model's state dict, in preference order.
-NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model_state_dict", "model", "module")
+NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "state_dict_ema", "model_ema")
 
-#: Entries of each kind that a report's text shows before summarising the rest.
-REPORT_LINES = 10
+#: A checkpoint: a path or an open binary file.
+Source = str | os.PathLike[str] | IO[bytes]
 
-#: Prefixes that wrappers add: DataParallel/DDP, torch.compile, Lightning.
-GENERIC_RULES = (
-    RenameRule(r"^module\.", "", name="strip DataParallel/DDP 'module.'"),
-    RenameRule(r"^_orig_mod\.", "", name="strip torch.compile '_orig_mod.'"),
-    RenameRule(r"^model\.", "", name="strip Lightning 'model.'"),
-)
+_SAFETENSORS_HINT = b"{"
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or a torch file, never running pickled code.
+def read_state_dict(
+    source: Source, *, key: str | None = None, trust_pickle: bool = False
+) -> dict[str, torch.Tensor]:
+    """Read a state dict from a ``.safetensors`` or torch checkpoint, on the CPU.
 
-    Torch files are read with ``weights_only=True`` and memory-mapped when possible; a
-    training checkpoint's nested state dict (``state_dict``, ``model``, ...) is unwrapped.
+    Torch files are read with ``weights_only=True`` (memory-mapped when they are zip
+    files), so a malicious pickle cannot run. A training checkpoint's nested state dict
+    is unwrapped (``state_dict``, ``model_state_dict``, ``model``, ``module``,
+    ``state_dict_ema``, ``model_ema``, in that order), or the one named by ``key``.
+
+    Args:
+        source: A file path or an open binary file.
+        key: The entry of a checkpoint dict that holds the state dict.
+        trust_pickle: Allow arbitrary pickled objects (a whole pickled model, say). Only
+            for files you trust: unpickling can run any code.
 
     Raises:
-        CheckpointError: If the file is missing, unreadable, or holds no tensors.
+        CheckpointError: Naming the file, if it is missing, truncated, not a checkpoint,
+            holds pickled objects without ``trust_pickle``, or lacks ``key``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    label = _label(source)
+    if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
+        raise CheckpointError(f"checkpoint {label} does not exist")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            data: Any = load_file(str(path))
+        if _is_safetensors(source):
+            data: Any = _read_safetensors(source)
         else:
-            data = _torch_load(path)
+            data = _torch_load(source, trust_pickle)
     except CheckpointError:
         raise
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{label} contains pickled Python objects (a whole model, or custom classes); "
+            "zooadapt reads only tensors by default. If you trust this file, pass "
+            f"trust_pickle=True. ({str(err).splitlines()[0]})"
+        ) from err
     except Exception as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
-    return _unwrap(data, path)
+        raise CheckpointError(
+            f"cannot read checkpoint {label}: it is truncated or not a checkpoint ({err})"
+        ) from err
+    return _unwrap(data, label, key)
 
 
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as err:
-        if "mmap" not in str(err):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
+def _label(source: Source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return str(getattr(source, "name", "<file object>"))
 
 
-def _unwrap(data: Any, path: Path) -> dict[str, torch.Tensor]:
+def _head_bytes(source: Source) -> bytes:
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as handle:
+            return handle.read(9)
+    position = source.tell()
+    head = source.read(9)
+    source.seek(position)
+    return head
+
+
+def _is_safetensors(source: Source) -> bool:
+    """Safetensors files start with an 8-byte header length and a JSON header."""
+    head = _head_bytes(source)
+    return len(head) == 9 and head[8:9] == _SAFETENSORS_HINT
+
+
+def _read_safetensors(source: Source) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load, load_file
+
+    if isinstance(source, (str, os.PathLike)):
+        return load_file(str(source))
+    return load(source.read())
+
+
+def _torch_load(source: Source, trust_pickle: bool) -> Any:
+    if trust_pickle:
+        data = torch.load(source, map_location="cpu", weights_only=False)
+        return data.state_dict() if isinstance(data, nn.Module) else data
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            return torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+    return torch.load(source, map_location="cpu", weights_only=True)
+
+
+def _unwrap(data: Any, label: str, key: str | None) -> dict[str, torch.Tensor]:
+    if key is not None:
+        if not isinstance(data, Mapping) or key not in data:
+            keys = sorted(map(str, data)) if isinstance(data, Mapping) else []
+            raise CheckpointError(f"{label} has no entry {key!r}; its entries: {keys[:20]}")
+        data = data[key]
     while isinstance(data, Mapping) and not _is_state_dict(data):
         nested = next((k for k in NESTED_KEYS if isinstance(data.get(k), Mapping)), None)
         if nested is None:
             raise CheckpointError(
-                f"{path} is a dict without tensors or a known nested key {NESTED_KEYS}; "
-                f"its keys: {sorted(map(str, data))[:10]}"
+                f"{label} is a dict without tensors or a known nested entry {NESTED_KEYS}; "
+                f"its entries: {sorted(map(str, data))[:20]}; choose one with key=..."
             )
         data = data[nested]
     if not isinstance(data, Mapping) or not data:
-        raise CheckpointError(f"{path} holds {type(data).__name__}, not a state dict")
-    return dict(data)
+        raise CheckpointError(f"{label} holds {type(data).__name__}, not a state dict")
+    return {str(k): v for k, v in data.items() if isinstance(v, torch.Tensor)}
 
 
 def _is_state_dict(data: Mapping[Any, Any]) -> bool:
     return bool(data) and all(isinstance(v, torch.Tensor) for v in data.values())
-
-
-def rename_keys(
-    state: Mapping[str, torch.Tensor], rules: Iterable[RenameRule], model_keys: Iterable[str]
-) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, str]]]:
-    """Apply ``rules`` in order to every key that the model does not already have.
-
-    Returns:
-        The renamed state dict, and old key -> (new key, rule names) for renamed keys.
-    """
-    known = set(model_keys)
-    renamed: dict[str, tuple[str, str]] = {}
-    result: dict[str, torch.Tensor] = {}
-    for key, tensor in state.items():
-        new, applied = key, []
-        for rule in rules:
-            if new in known:
-                break
-            candidate = rule.apply(new)
-            if candidate != new:
-                new, applied = candidate, [*applied, rule.name]
-        if new in result:
-            raise CheckpointError(f"rename rules map two checkpoint keys onto {new!r}")
-        result[new] = tensor
-        if applied:
-            renamed[key] = (new, ", ".join(applied))
-    return result, renamed
-
-
-@dataclass
-class LoadReport:
-    """What loading a checkpoint did, key by key."""
-
-    loaded: list[str] = field(default_factory=list)
-    renamed: dict[str, tuple[str, str]] = field(default_factory=dict)
-    adapted: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-    mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """Whether every tensor the model needs was loaded or deliberately replaced."""
-        return not (self.mismatched or self.missing or self.unexpected)
-
-    def __str__(self) -> str:
-        sections = [
-            ("renamed", [f"{old} -> {new} ({rule})" for old, (new, rule) in self.renamed.items()]),
-            ("adapted", [f"{k} (input channels)" for k in self.adapted]),
-            ("dropped", [f"{k} (head replaced)" for k in self.dropped]),
-            (
-                "mismatched",
-                [
-                    f"{k}: checkpoint {list(got)}, model {list(want)}"
-                    for k, (got, want) in self.mismatched.items()
-                ],
-            ),
-            ("missing", self.missing),
-            ("unexpected", self.unexpected),
-        ]
-        lines = [f"loaded {len(self.loaded)} tensors"]
-        for label, entries in sections:
-            lines += [f"  {label:<11} {entry}" for entry in entries[:REPORT_LINES]]
-            if len(entries) > REPORT_LINES:
-                lines.append(f"  {label:<11} ... and {len(entries) - REPORT_LINES} more")
-        return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class Targets:
-    """Where the model was adapted: checkpoint tensors there are reshaped or dropped."""
-
-    heads: tuple[str, ...] = ()
-    stem: str | None = None
-    stem_init: StemInit | None = None
-
-
-def _under(key: str, paths: Iterable[str]) -> bool:
-    return any(key.startswith(path + ".") for path in paths)
-
-
-def load_state(
-    model: nn.Module,
-    state: Mapping[str, torch.Tensor],
-    *,
-    rules: Iterable[RenameRule] = (),
-    targets: Targets = Targets(),
-    strict: bool = True,
-    source: str = "checkpoint",
-) -> LoadReport:
-    """Load ``state`` into ``model``: rename, drop replaced heads, adapt the stem.
-
-    Raises:
-        CheckpointError: With ``strict``, if anything is mismatched, missing or unexpected;
-            the model is then unchanged.
-    """
-    own = model.state_dict()
-    state, renamed = rename_keys(state, rules, own)
-    report = LoadReport(renamed=renamed)
-    final: dict[str, torch.Tensor] = {}
-    for key, tensor in state.items():
-        want = own.get(key)
-        if want is None:
-            report.unexpected.append(key)
-        elif tensor.shape == want.shape:
-            final[key] = tensor
-        elif _under(key, targets.heads):
-            report.dropped.append(key)
-        elif targets.stem and key == f"{targets.stem}.weight" and _channels_differ(tensor, want):
-            init = targets.stem_init or default_stem_init(want.shape[1])
-            final[key] = adapt_conv_weight(tensor, want.shape[1], init)
-            report.adapted.append(key)
-        else:
-            report.mismatched[key] = (tuple(tensor.shape), tuple(want.shape))
-    report.missing = [
-        k
-        for k in own
-        if k not in final
-        and not k.endswith("num_batches_tracked")
-        and not (_under(k, targets.heads) and report.dropped)
-    ]
-    if strict and not report.ok:
-        raise CheckpointError(f"{source} does not fit {type(model).__qualname__}:\n{report}")
-    _copy_into(model, final)
-    report.loaded = sorted(final)
-    return report
-
-
-def _channels_differ(tensor: torch.Tensor, want: torch.Tensor) -> bool:
-    return (
-        tensor.dim() == want.dim()
-        and tensor.shape[:1] + tensor.shape[2:] == want.shape[:1] + want.shape[2:]
-    )
-
-
-def _copy_into(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for key, value in tensors.items():
-            target = _lookup_tensor(model, key)
-            if target.shape != value.shape:  # adapted stem: the model has the new shape
-                raise CheckpointError(f"internal error: shape of {key} changed during load")
-            target.copy_(value)
-
-
-def _lookup_tensor(model: nn.Module, key: str) -> torch.Tensor:
-    owner_path, _, name = key.rpartition(".")
-    owner = model.get_submodule(owner_path) if owner_path else model
-    tensor = getattr(owner, name)
-    assert isinstance(tensor, torch.Tensor)
-    return tensor
-
-
-def head_rows(state: Mapping[str, torch.Tensor], heads: Iterable[str]) -> int | None:
-    """Output count of the first head found in ``state`` (its weight's first dimension)."""
-    for path in heads:
-        weight = state.get(f"{path}.weight")
-        if weight is not None:
-            return int(weight.shape[0])
-    return None
-
-
-def stem_channels(state: Mapping[str, torch.Tensor], stem: str | None) -> int | None:
-    """Input channels of the stem convolution in ``state``."""
-    weight = state.get(f"{stem}.weight") if stem else None
-    return int(weight.shape[1]) if weight is not None and weight.dim() > 2 else None
-
-
-def generic_and(rules: Iterable[RenameRule]) -> list[RenameRule]:
-    """Generic wrapper rules followed by ``rules``."""
-    return [*GENERIC_RULES, *rules]
-
-
-def user_rules(rules: Iterable[RenameRule | tuple[str, str]]) -> list[RenameRule]:
-    """Normalise user rules given as ``(regex, replacement)`` pairs or RenameRules."""
-    result = []
-    for rule in rules:
-        if isinstance(rule, RenameRule):
-            result.append(rule)
-        else:
-            pattern, replacement = rule
-            try:
-                result.append(RenameRule(pattern, replacement, name=f"user {pattern!r}"))
-            except re.error as err:
-                raise CheckpointError(
-                    f"rename rule {pattern!r} is not a valid regex: {err}"
-                ) from err
-    return result

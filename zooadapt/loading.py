@@ -1,0 +1,336 @@
+"""Load state dicts into (adapted) models, with a report of what happened to each key.
+
+Loading is validate-then-copy: the complete set of tensors to load is computed and
+checked first, so on any error the model is exactly as it was.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from zooadapt.anatomy import describe
+from zooadapt.checkpoint import Source, read_state_dict
+from zooadapt.errors import CheckpointError
+from zooadapt.manager import PluginManager, get_plugin_manager
+from zooadapt.surgery import StemInit, adapt_conv_weight, default_stem_init
+from zooadapt.types import Family, RenameRule
+from zooadapt.wrappers import unwrap
+
+__all__ = [
+    "GENERIC_RULES",
+    "LoadReport",
+    "Targets",
+    "load_state",
+    "load_weights",
+    "materialize",
+    "rename_keys",
+]
+
+#: Entries of each kind that a report's text shows before summarising the rest.
+REPORT_LINES = 10
+
+#: Prefixes that wrappers add (DataParallel/DDP, torch.compile, Lightning) and the
+#: ``backbone.`` of detection-style checkpoints. Each applies only to keys the model lacks.
+GENERIC_RULES = (
+    RenameRule(r"^module\.", "", name="strip DataParallel/DDP 'module.'"),
+    RenameRule(r"^_orig_mod\.", "", name="strip torch.compile '_orig_mod.'"),
+    RenameRule(r"^model\.", "", name="strip Lightning 'model.'"),
+    RenameRule(r"^backbone\.", "", name="strip 'backbone.'"),
+)
+
+
+def rename_keys(
+    state: Mapping[str, torch.Tensor], rules: Iterable[RenameRule], model_keys: Iterable[str]
+) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, str]]]:
+    """Apply ``rules`` in order to every key that the model does not already have.
+
+    Returns:
+        The renamed state dict, and old key -> (new key, rule names) for renamed keys.
+    """
+    known = set(model_keys)
+    renamed: dict[str, tuple[str, str]] = {}
+    result: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        new, applied = key, []
+        for rule in rules:
+            if new in known:
+                break
+            candidate = rule.apply(new)
+            if candidate != new:
+                new, applied = candidate, [*applied, rule.name]
+        if new in result:
+            raise CheckpointError(f"rename rules map two checkpoint keys onto {new!r}")
+        result[new] = tensor
+        if applied:
+            renamed[key] = (new, ", ".join(applied))
+    return result, renamed
+
+
+@dataclass
+class LoadReport:
+    """What loading a checkpoint did, key by key."""
+
+    loaded: list[str] = field(default_factory=list)
+    renamed: dict[str, tuple[str, str]] = field(default_factory=dict)
+    adapted: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every tensor the model needs was loaded or deliberately replaced."""
+        return not (self.mismatched or self.missing or self.unexpected)
+
+    def __str__(self) -> str:
+        sections = [
+            ("renamed", [f"{old} -> {new} ({rule})" for old, (new, rule) in self.renamed.items()]),
+            ("adapted", [f"{k} (input channels)" for k in self.adapted]),
+            ("dropped", [f"{k} (head replaced)" for k in self.dropped]),
+            (
+                "mismatched",
+                [
+                    f"{k}: checkpoint {list(got)}, model {list(want)}"
+                    for k, (got, want) in self.mismatched.items()
+                ],
+            ),
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+        ]
+        lines = [f"loaded {len(self.loaded)} tensors"]
+        for label, entries in sections:
+            lines += [f"  {label:<11} {entry}" for entry in entries[:REPORT_LINES]]
+            if len(entries) > REPORT_LINES:
+                lines.append(f"  {label:<11} ... and {len(entries) - REPORT_LINES} more")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where the model was adapted: checkpoint tensors there are reshaped or dropped."""
+
+    heads: tuple[str, ...] = ()
+    stem: str | None = None
+    stem_init: StemInit | None = None
+
+
+def _under(key: str, paths: Iterable[str]) -> bool:
+    return any(key.startswith(path + ".") for path in paths)
+
+
+def load_state(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    rules: Iterable[RenameRule] = (),
+    targets: Targets = Targets(),
+    strict: bool = True,
+    source: str = "checkpoint",
+    assign: bool = False,
+) -> LoadReport:
+    """Load ``state`` into ``model``: rename, drop replaced heads, adapt the stem.
+
+    Args:
+        model: The (possibly adapted) model.
+        state: The checkpoint's state dict.
+        rules: Rename rules, applied in order to keys the model does not have.
+        targets: Heads whose mismatched tensors are dropped, and the stem whose weight is
+            adapted to the model's input channels.
+        strict: Raise unless every tensor fits or was deliberately dropped or adapted.
+        source: Name of the checkpoint, for messages.
+        assign: Install the checkpoint's tensors instead of copying into the model's
+            (for models built on the meta device); what the checkpoint does not hold is
+            then initialised by :func:`materialize`.
+
+    Raises:
+        CheckpointError: With ``strict``, if anything is mismatched, missing or unexpected;
+            the model is then unchanged.
+    """
+    own = model.state_dict()
+    renamed_state, renamed = rename_keys(state, rules, own)
+    report = LoadReport(renamed=renamed)
+    final: dict[str, torch.Tensor] = {}
+    for key, tensor in renamed_state.items():
+        want = own.get(key)
+        if want is None:
+            report.unexpected.append(key)
+        elif tensor.shape == want.shape:
+            final[key] = tensor
+        elif _under(key, targets.heads):
+            report.dropped.append(key)
+        elif targets.stem and key == f"{targets.stem}.weight" and _channels_differ(tensor, want):
+            init = targets.stem_init or default_stem_init(want.shape[1])
+            final[key] = adapt_conv_weight(tensor, want.shape[1], init)
+            report.adapted.append(key)
+        else:
+            report.mismatched[key] = (tuple(tensor.shape), tuple(want.shape))
+    report.missing = [
+        k
+        for k in own
+        if k not in final
+        and not k.endswith("num_batches_tracked")
+        and not (_under(k, targets.heads) and report.dropped)
+    ]
+    if strict and not report.ok:
+        raise CheckpointError(f"{source} does not fit {type(model).__qualname__}:\n{report}")
+    if assign:
+        model.load_state_dict(_with_metadata(final, state, own, renamed), strict=False, assign=True)
+    else:
+        _copy_into(model, final)
+    report.loaded = sorted(final)
+    return report
+
+
+def _with_metadata(
+    final: dict[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    own: Mapping[str, torch.Tensor],
+    renamed: Mapping[str, object],
+) -> Mapping[str, torch.Tensor]:
+    """Attach module versions (``_metadata``), which some modules need to load."""
+    source = own if renamed else state
+    metadata = getattr(source, "_metadata", None) or getattr(own, "_metadata", None)
+    result = OrderedDict(final)
+    if metadata is not None:
+        result._metadata = metadata  # type: ignore[attr-defined]
+    return result
+
+
+def _channels_differ(tensor: torch.Tensor, want: torch.Tensor) -> bool:
+    return (
+        tensor.dim() == want.dim()
+        and tensor.shape[:1] + tensor.shape[2:] == want.shape[:1] + want.shape[2:]
+    )
+
+
+def _copy_into(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for key, value in tensors.items():
+            target = _lookup_tensor(model, key)
+            if target.shape != value.shape:  # adapted stem: the model has the new shape
+                raise CheckpointError(f"internal error: shape of {key} changed during load")
+            target.copy_(value)
+
+
+def _lookup_tensor(model: nn.Module, key: str) -> torch.Tensor:
+    owner_path, _, name = key.rpartition(".")
+    owner = model.get_submodule(owner_path) if owner_path else model
+    tensor = getattr(owner, name)
+    assert isinstance(tensor, torch.Tensor)
+    return tensor
+
+
+def materialize(model: nn.Module, heads: Iterable[str]) -> list[str]:
+    """Initialise, on the CPU, what a meta-built model still lacks after an assign-load.
+
+    Replaced heads get fresh default initialisation and BatchNorm counters start at zero.
+
+    Returns:
+        Names of tensors still on the meta device (values the constructor computed that no
+        checkpoint holds); the caller must then build the model for real.
+    """
+    for path in heads:
+        head = model.get_submodule(path)
+        if any(t.is_meta for t in head.parameters()):
+            head.to_empty(device="cpu")
+            head.reset_parameters()
+    for name, buffer in list(model.named_buffers()):
+        if buffer.is_meta and name.endswith("num_batches_tracked"):
+            owner_path, _, attr = name.rpartition(".")
+            owner = model.get_submodule(owner_path) if owner_path else model
+            owner._buffers[attr] = torch.zeros((), dtype=torch.long)
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    attributes = [
+        (f"{path}.{attr}".lstrip("."), value)
+        for path, module in model.named_modules()
+        for attr, value in vars(module).items()
+        if isinstance(value, torch.Tensor)
+    ]
+    return [name for name, tensor in (*tensors, *attributes) if tensor.is_meta]
+
+
+def head_rows(state: Mapping[str, torch.Tensor], heads: Iterable[str]) -> int | None:
+    """Output count of the first head found in ``state`` (its weight's first dimension)."""
+    for path in heads:
+        weight = state.get(f"{path}.weight")
+        if weight is not None:
+            return int(weight.shape[0])
+    return None
+
+
+def stem_channels(state: Mapping[str, torch.Tensor], stem: str | None) -> int | None:
+    """Input channels of the stem convolution in ``state``."""
+    weight = state.get(f"{stem}.weight") if stem else None
+    return int(weight.shape[1]) if weight is not None and weight.dim() > 2 else None
+
+
+def user_rules(rules: Iterable[RenameRule | tuple[str, str]]) -> list[RenameRule]:
+    """Normalise user rules given as ``(regex, replacement)`` pairs or RenameRules."""
+    result = []
+    for rule in rules:
+        if isinstance(rule, RenameRule):
+            result.append(rule)
+        else:
+            pattern, replacement = rule
+            try:
+                result.append(RenameRule(pattern, replacement, name=f"user {pattern!r}"))
+            except re.error as err:
+                raise CheckpointError(
+                    f"rename rule {pattern!r} is not a valid regex: {err}"
+                ) from err
+    return result
+
+
+def load_weights(
+    model: nn.Module,
+    source: Source,
+    *,
+    rules: Iterable[RenameRule | tuple[str, str]] = (),
+    strict: bool = True,
+    key: str | None = None,
+    trust_pickle: bool = False,
+    stem_init: StemInit | None = None,
+    family: str | Family | None = None,
+    plugin_manager: PluginManager | None = None,
+) -> LoadReport:
+    """Load a checkpoint into ``model`` and report what happened to every key.
+
+    Keys are renamed by, in order: the generic wrapper rules (``module.``,
+    ``_orig_mod.``, ``model.``, ``backbone.``), the family's rules, then ``rules``. A head
+    whose shape differs from the checkpoint's (the model was adapted) is not loaded; a
+    stem whose input channels differ gets the checkpoint's filters adapted with
+    ``stem_init``.
+
+    Args:
+        model: The model (wrappers such as DataParallel are accepted).
+        source: Checkpoint path or open binary file; see :func:`read_state_dict`.
+        rules: Extra ``(regex, replacement)`` renames or :class:`RenameRule` objects.
+        strict: Raise unless every tensor fits or was deliberately dropped or adapted.
+        key: Entry of a checkpoint dict holding the state dict.
+        trust_pickle: Allow pickled objects (only for files you trust).
+        stem_init: Strategy for a stem whose channel count differs.
+        family: Force the family by name or pass a :class:`Family`.
+        plugin_manager: Defaults to the shared manager with every installed plugin.
+
+    Returns:
+        The :class:`LoadReport`.
+
+    Raises:
+        CheckpointError: If the file cannot be read or (``strict``) does not fit; the model
+            is then unchanged.
+    """
+    model = unwrap(model)
+    pm = plugin_manager or get_plugin_manager()
+    declared, anat = describe(model, pm, family)
+    state = read_state_dict(source, key=key, trust_pickle=trust_pickle)
+    all_rules = [*GENERIC_RULES, *pm.rename_rules(declared.item), *user_rules(rules)]
+    targets = Targets(heads=anat.head, stem=anat.stem, stem_init=stem_init)
+    label = str(getattr(source, "name", source))
+    return load_state(model, state, rules=all_rules, targets=targets, strict=strict, source=label)
