@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import zooadapt as za
@@ -37,12 +38,9 @@ def test_timm_style_tag_in_the_name(cached_mobilenet, offline):
 def test_default_weights_missing_offline_name_file_url_and_cached_alternative(
     cached_mobilenet, offline
 ):
-    try:
+    with pytest.raises(za.WeightsNotAvailableError) as info:
         za.adapt("mobilenet_v2", pretrained=True)
-    except za.WeightsNotAvailableError as err:
-        message = str(err)
-    else:
-        raise AssertionError("pretrained=True must fail: IMAGENET1K_V2 is not cached")
+    message = str(info.value)
     assert "'IMAGENET1K_V2'" in message
     assert "mobilenet_v2-7ebf99e0.pth" in message
     assert "https://download.pytorch.org/models/mobilenet_v2-7ebf99e0.pth" in message
@@ -52,24 +50,16 @@ def test_default_weights_missing_offline_name_file_url_and_cached_alternative(
 
 
 def test_unknown_tag_lists_known_tags(hub_dir, offline):
-    try:
+    with pytest.raises(za.WeightsNotAvailableError, match="IMAGENET1K_V1, IMAGENET1K_V2"):
         za.adapt("mobilenet_v2", pretrained="IMAGENET9K")
-    except za.WeightsNotAvailableError as err:
-        assert "IMAGENET1K_V1" in str(err) and "IMAGENET1K_V2" in str(err)
-    else:
-        raise AssertionError("an unknown tag must fail")
 
 
 def test_corrupt_cached_file_fails_its_sha256_check(cached_mobilenet, offline):
     data = bytearray(cached_mobilenet.read_bytes())
     data[-100] ^= 0xFF
     cached_mobilenet.write_bytes(bytes(data))
-    try:
+    with pytest.raises(za.CheckpointError, match=f"{cached_mobilenet.name}.*b0353104"):
         za.adapt("mobilenet_v2", pretrained="IMAGENET1K_V1")
-    except za.CheckpointError as err:
-        assert "b0353104" in str(err) and cached_mobilenet.name in str(err)
-    else:
-        raise AssertionError("a corrupt file must be rejected")
 
 
 def test_local_file_path_loads_the_same_weights(real_mobilenet_file):
@@ -77,3 +67,39 @@ def test_local_file_path_loads_the_same_weights(real_mobilenet_file):
     reference = torch.load(real_mobilenet_file, weights_only=True)
     assert torch.equal(model.features[3].conv[0][0].weight, reference["features.3.conv.0.0.weight"])
     assert model.classifier[1].out_features == 5
+
+
+def test_zoo_weights_skip_random_init(cached_mobilenet, offline, monkeypatch):
+    real_inits = []
+    original = torch.nn.init.kaiming_normal_
+
+    def spy(tensor, *args, **kwargs):
+        if not tensor.is_meta:
+            real_inits.append(tuple(tensor.shape))
+        return original(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "kaiming_normal_", spy)
+    model = za.adapt("mobilenet_v2", pretrained="IMAGENET1K_V1", num_classes=4)
+    assert real_inits == []
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+
+
+def test_builder_settings_for_pretrained_weights_apply(hub_dir, offline, monkeypatch):
+    """GoogLeNet's builder turns on transform_input and drops the aux heads it loaded."""
+    import torchvision
+
+    from zooadapt import weights as weights_module
+
+    torch.manual_seed(0)
+    source = torchvision.models.googlenet(aux_logits=True, init_weights=True)
+    file = hub_dir / "checkpoints" / "googlenet-1378be20.pth"
+    torch.save(source.state_dict(), file)
+    monkeypatch.setattr(weights_module, "verify_sha256", lambda path, expected: None)
+    model = za.adapt("googlenet", pretrained="IMAGENET1K_V1", num_classes=3)
+    assert model.transform_input is True and model.aux1 is None and model.aux2 is None
+    assert za.anatomy(model).head == ("fc",)
+    assert torch.equal(
+        model.inception5b.branch1.conv.weight, source.inception5b.branch1.conv.weight
+    )
+    gray = za.adapt("googlenet", pretrained="IMAGENET1K_V1", in_chans=1)
+    assert gray.transform_input is False

@@ -24,6 +24,7 @@ from zooadapt.hookspecs import hookimpl
 from zooadapt.loading import LoadReport, load_weights
 from zooadapt.manager import PluginManager, get_plugin_manager, make_plugin_manager
 from zooadapt.names import list_models
+from zooadapt.saving import load, save
 from zooadapt.summary import summary
 from zooadapt.types import Anatomy, Family, RenameRule, Weights, Zoo
 from zooadapt.wrappers import unwrap
@@ -54,9 +55,11 @@ __all__ = [
     "get_plugin_manager",
     "hookimpl",
     "list_models",
+    "load",
     "load_weights",
     "make_plugin_manager",
     "read_state_dict",
+    "save",
     "summary",
     "unwrap",
 ]

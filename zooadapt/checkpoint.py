@@ -103,7 +103,7 @@ def _torch_load(source: Source, trust_pickle: bool) -> Any:
         return data.state_dict() if isinstance(data, nn.Module) else data
     if isinstance(source, (str, os.PathLike)):
         try:
-            return torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(source, map_location="cpu", weights_only=True, mmap=False)
         except RuntimeError as err:
             if "mmap" not in str(err):
                 raise

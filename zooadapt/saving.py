@@ -1,0 +1,171 @@
+"""Self-describing adapted checkpoints, written atomically.
+
+``za.save`` writes safetensors whose metadata says how to rebuild the model (registry
+name, builder arguments, class count, input channels); ``za.load`` rebuilds it from that
+alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zooadapt.adapt import adapt, adapted_from
+from zooadapt.anatomy import anatomy
+from zooadapt.errors import CheckpointError
+from zooadapt.manager import PluginManager
+from zooadapt.surgery import head_out_features
+from zooadapt.wrappers import unwrap
+
+__all__ = ["atomic_write", "describe_adapted", "load", "read_metadata", "save"]
+
+FORMAT = "zooadapt/1"
+
+
+def _version() -> str:
+    from zooadapt import __version__
+
+    return __version__
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    The temporary file is fsynced and renamed over ``path``, then the directory is
+    fsynced, so a crash leaves either the old file or the new one, never a partial one.
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        yield temporary
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def describe_adapted(
+    model: nn.Module, plugin_manager: PluginManager | None = None
+) -> dict[str, Any]:
+    """How to rebuild ``model``: registry name, builder arguments, classes, channels."""
+    model = unwrap(model)
+    origin = adapted_from(model) or {}
+    anat = anatomy(model, plugin_manager=plugin_manager)
+    stem = model.get_submodule(anat.stem) if anat.stem else None
+    return {
+        "format": FORMAT,
+        "zooadapt_version": _version(),
+        "model": origin.get("model", ""),
+        "model_kwargs": origin.get("model_kwargs", {}),
+        "family": anat.family,
+        "num_classes": head_out_features(model.get_submodule(anat.head[0])),
+        "in_chans": int(stem.weight.shape[1]) if stem is not None else None,
+    }
+
+
+def save(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    plugin_manager: PluginManager | None = None,
+) -> Path:
+    """Write ``model``'s weights as safetensors with the metadata :func:`load` needs.
+
+    Args:
+        model: An adapted model (wrappers such as DataParallel are accepted).
+        path: Destination file, replaced atomically.
+        plugin_manager: Defaults to the shared manager with every installed plugin.
+
+    Returns:
+        The path written.
+
+    Raises:
+        CheckpointError: If the model holds meta tensors or its builder arguments cannot
+            be stored as JSON.
+    """
+    from safetensors.torch import save_file
+
+    model = unwrap(model)
+    info = describe_adapted(model, plugin_manager)
+    try:
+        metadata = {"zooadapt": json.dumps(info)}
+    except TypeError as err:
+        raise CheckpointError(f"cannot record builder arguments of {info['model']}: {err}") from err
+    tensors = _unique_contiguous(model.state_dict())
+    with atomic_write(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
+    return Path(path)
+
+
+def _unique_contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    meta = [k for k, v in state.items() if v.is_meta]
+    if meta:
+        raise CheckpointError(f"cannot save meta tensors (no data): {meta[:5]}")
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The zooadapt metadata of a file written by :func:`save`.
+
+    Raises:
+        CheckpointError: If the file is unreadable or was not written by :func:`save`.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as err:
+        raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
+    if "zooadapt" not in metadata:
+        raise CheckpointError(
+            f"{path} was not written by za.save; load it with "
+            "za.adapt(name, pretrained=path) or za.load_weights(model, path)"
+        )
+    return json.loads(metadata["zooadapt"])
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = None,
+    plugin_manager: PluginManager | None = None,
+) -> nn.Module:
+    """Rebuild the adapted model that :func:`save` wrote, without restating anything.
+
+    Raises:
+        CheckpointError: If the file was not written by :func:`save`, or the model was an
+            instance rather than a registry name (then use ``za.load_weights``).
+    """
+    info = read_metadata(path)
+    if not info.get("model"):
+        raise CheckpointError(
+            f"{path} holds a {info.get('family')} model that was not built from a registry "
+            "name; build it yourself and call za.load_weights(model, path)"
+        )
+    return adapt(
+        info["model"],
+        num_classes=info["num_classes"],
+        in_chans=info["in_chans"],
+        pretrained=Path(path),
+        device=device,
+        plugin_manager=plugin_manager,
+        **info["model_kwargs"],
+    )
