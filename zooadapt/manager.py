@@ -82,6 +82,8 @@ class PluginManager(pluggy.PluginManager):
         Raises:
             PluginError: If a hook is misspelled or has arguments no hookspec offers.
         """
+        if self.is_registered(plugin) or (name is not None and self.has_plugin(name)):
+            raise PluginError(f"plugin {name or plugin!r} is already registered")
         try:
             registered = self.register(plugin, name=name)
             self.check_pending()
@@ -100,12 +102,14 @@ class PluginManager(pluggy.PluginManager):
         ``ZOOADAPT_DISABLE_PLUGINS=a,b`` skips those; both apply to built-in and
         third-party plugins alike. A plugin that fails to import or validate is skipped
         with a :class:`PluginWarning` naming it, unless ``ZOOADAPT_STRICT_PLUGINS=1``.
+        Loading again skips plugins already registered.
         """
         allowed = _env_names("ZOOADAPT_PLUGINS")
         blocked = _env_names("ZOOADAPT_DISABLE_PLUGINS") or set()
-        seen: set[str] = set()
+        seen = {failure.name for failure in self.failed}
         for ep in sorted(entry_points(group=PROJECT), key=lambda ep: ep.name):
-            if ep.name in seen or ep.name in blocked or (allowed and ep.name not in allowed):
+            skip = ep.name in seen or ep.name in blocked or (allowed and ep.name not in allowed)
+            if skip or self.has_plugin(ep.name):
                 continue
             seen.add(ep.name)
             self._load_entrypoint(ep)
@@ -128,7 +132,7 @@ class PluginManager(pluggy.PluginManager):
     def _collect(self, hook_name: str, kind: type[T], **kwargs: Any) -> list[Declared[T]]:
         hook = getattr(self.hook, hook_name)
         results: list[Declared[T]] = []
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # registration order
             call_kwargs = {key: kwargs[key] for key in impl.argnames}
             try:
                 items = list(impl.function(**call_kwargs) or ())
