@@ -14,17 +14,21 @@ from zooadapt.errors import (
     AmbiguousFamilyError,
     CheckpointError,
     FamilyNotFoundError,
+    FreezeError,
     ModelNotFoundError,
     PluginError,
     PluginWarning,
     WeightsNotAvailableError,
     ZooAdaptError,
 )
+from zooadapt.freeze import freeze, freeze_state, load_freeze_state, unfreeze
 from zooadapt.hookspecs import hookimpl
 from zooadapt.loading import LoadReport, load_weights
 from zooadapt.manager import PluginManager, get_plugin_manager, make_plugin_manager
 from zooadapt.names import list_models
+from zooadapt.optim import optimizer, param_groups
 from zooadapt.saving import load, save
+from zooadapt.schedule import FineTuneSchedule
 from zooadapt.summary import summary
 from zooadapt.types import Anatomy, Family, RenameRule, Weights, Zoo
 from zooadapt.wrappers import unwrap
@@ -38,6 +42,8 @@ __all__ = [
     "CheckpointError",
     "Family",
     "FamilyNotFoundError",
+    "FineTuneSchedule",
+    "FreezeError",
     "LoadReport",
     "ModelNotFoundError",
     "PluginError",
@@ -52,14 +58,20 @@ __all__ = [
     "adapt",
     "anatomy",
     "build_on_meta",
+    "freeze",
+    "freeze_state",
     "get_plugin_manager",
     "hookimpl",
     "list_models",
     "load",
+    "load_freeze_state",
     "load_weights",
     "make_plugin_manager",
+    "optimizer",
+    "param_groups",
     "read_state_dict",
     "save",
     "summary",
+    "unfreeze",
     "unwrap",
 ]

@@ -7,6 +7,7 @@ __all__ = [
     "AmbiguousFamilyError",
     "CheckpointError",
     "FamilyNotFoundError",
+    "FreezeError",
     "ModelNotFoundError",
     "PluginError",
     "PluginWarning",
@@ -49,3 +50,12 @@ class WeightsNotAvailableError(ZooAdaptError, FileNotFoundError):
 
 class CheckpointError(ZooAdaptError):
     """A checkpoint cannot be read or does not fit the model."""
+
+
+class FreezeError(ZooAdaptError, ValueError):
+    """A freeze, unfreeze or optimizer request does not fit the model.
+
+    Raised for an unknown freeze group (the message lists the valid ones), a parameter
+    regex that matches nothing, invalid learning rates, an unknown optimizer, or an
+    optimizer that holds tensors which are not parameters of the model.
+    """
