@@ -1,9 +1,11 @@
 """Time and peak memory of loading a local checkpoint: zooadapt vs. torchvision's recipe.
 
 Each measurement runs in a fresh subprocess, alternating the two methods, so that
-neither benefits from the other's allocations. Peak RSS is the process's peak
-(``ru_maxrss``) minus its RSS just before the call. "+ forward" also runs one forward
+neither benefits from the other's allocations. Peak RSS is the process's peak (VmHWM)
+minus its RSS just before the call. "+ forward" also runs one forward
 pass at batch 1, 224 px, so that memory-mapped weights are actually read.
+The peak is reset just before the call (``/proc/self/clear_refs``), so it measures the
+call alone; the checkpoint file is in the page cache for every run.
 
 Usage:
     python benchmarks/bench_load.py --model resnet152 --repeats 5
@@ -21,16 +23,18 @@ import tempfile
 from pathlib import Path
 
 CHILD = r"""
-import json, os, resource, sys, time, warnings
+import json, os, sys, time, warnings
 warnings.simplefilter("ignore")
 import torch, torchvision
 import zooadapt as za
 torch.set_num_threads(2)
 method, arch, path, forward = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 za.list_models()  # load plugins before measuring
-page = os.sysconf("SC_PAGE_SIZE")
-rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
-before = rss()
+def status(field):
+    line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+before = status("VmRSS")
 start = time.perf_counter()
 if method == "zooadapt":
     model = za.adapt(arch, pretrained=path)
@@ -41,7 +45,7 @@ if forward:
     with torch.no_grad():
         model.eval()(torch.rand(1, 3, 224, 224))
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = status("VmHWM")
 print(json.dumps({"seconds": seconds, "peak_delta": max(peak - before, 0)}))
 """
 

@@ -188,3 +188,13 @@ def test_summary_lists_groups_and_trainable_counts():
     layer1 = next(line for line in text.splitlines() if line.startswith("layer1"))
     total = sum(p.numel() for p in model.layer1.parameters())
     assert layer1.split()[1:] == [f"{total:,}", "0", f"{total:,}"]
+
+
+def test_freeze_argument_freezes_after_adapting():
+    model = za.adapt("resnet18", num_classes=3, pretrained=False, freeze="layer2")
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"layer3", "layer4", "fc"}
+    model.train()
+    before = model.layer1[0].bn1.running_mean.clone()
+    model(torch.rand(2, 3, 32, 32))
+    assert torch.equal(model.layer1[0].bn1.running_mean, before)

@@ -30,6 +30,7 @@ from zooadapt.optim import optimizer, param_groups
 from zooadapt.saving import load, save
 from zooadapt.schedule import FineTuneSchedule
 from zooadapt.summary import summary
+from zooadapt.training import Training, load_training, save_training
 from zooadapt.types import Anatomy, Family, RenameRule, Weights, Zoo
 from zooadapt.wrappers import unwrap
 
@@ -50,6 +51,7 @@ __all__ = [
     "PluginManager",
     "PluginWarning",
     "RenameRule",
+    "Training",
     "Weights",
     "WeightsNotAvailableError",
     "Zoo",
@@ -65,12 +67,14 @@ __all__ = [
     "list_models",
     "load",
     "load_freeze_state",
+    "load_training",
     "load_weights",
     "make_plugin_manager",
     "optimizer",
     "param_groups",
     "read_state_dict",
     "save",
+    "save_training",
     "summary",
     "unfreeze",
     "unwrap",

@@ -13,8 +13,10 @@ from torch import nn
 
 from zooadapt.anatomy import describe
 from zooadapt.checkpoint import read_state_dict
-from zooadapt.construct import build_on_meta
+from zooadapt.construct import build_on_meta, gc_paused
 from zooadapt.errors import AdaptError, PluginError, ZooAdaptError
+from zooadapt.freeze import FreezeSpec
+from zooadapt.freeze import freeze as freeze_model
 from zooadapt.loading import (
     GENERIC_RULES,
     Targets,
@@ -49,6 +51,7 @@ class _Request:
     pm: PluginManager
 
 
+@gc_paused()
 def adapt(
     model: str | nn.Module,
     *,
@@ -56,6 +59,7 @@ def adapt(
     in_chans: int | None = None,
     stem_init: StemInit | None = None,
     pretrained: bool | str | os.PathLike[str] = True,
+    freeze: FreezeSpec = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     family: str | Family | None = None,
@@ -76,6 +80,8 @@ def adapt(
         pretrained: ``True`` for the zoo's default weights, ``False`` for random
             initialisation, a weights tag (``"IMAGENET1K_V1"``), or a checkpoint path.
             A module argument keeps its own weights unless a path is given.
+        freeze: Freeze spec passed to :func:`zooadapt.freeze` (``"backbone"``, a group
+            name, a group count, a list of groups or regexes), with BatchNorm frozen.
         device: Where the result lives. ``"meta"`` builds without allocating memory and
             without loading weights.
         dtype: Floating-point dtype of the result.
@@ -101,7 +107,7 @@ def adapt(
     if isinstance(model, nn.Module):
         _check_module_arguments(pretrained, model_kwargs)
         _adapt_in_place(unwrap(model), request, checkpoint, str(path), assign=False)
-        return _finish(model, device, dtype)
+        return _finish(model, freeze, request, device, dtype)
     if not isinstance(model, str):
         raise AdaptError(f"model must be a registry name or nn.Module, got {type(model).__name__}")
     ref = resolve_name(model, request.pm)
@@ -111,7 +117,7 @@ def adapt(
         module = _from_zoo(ref, pretrained, on_meta, model_kwargs)
         _adapt_in_place(module, request, None, "", assign=False)
     setattr(module, _ORIGIN, {"model": ref.qualified, "model_kwargs": dict(model_kwargs)})
-    return _finish(module, device, dtype)
+    return _finish(module, freeze, request, device, dtype)
 
 
 def adapted_from(model: nn.Module) -> dict[str, Any] | None:
@@ -146,7 +152,11 @@ def _is_path(pretrained: object) -> bool:
     )
 
 
-def _finish(model: nn.Module, device: Any, dtype: torch.dtype | None) -> nn.Module:
+def _finish(
+    model: nn.Module, spec: FreezeSpec, request: _Request, device: Any, dtype: torch.dtype | None
+) -> nn.Module:
+    if spec is not None:
+        freeze_model(model, spec, family=request.family, plugin_manager=request.pm)
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model

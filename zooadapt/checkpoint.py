@@ -23,9 +23,16 @@ Source = str | os.PathLike[str] | IO[bytes]
 
 _SAFETENSORS_HINT = b"{"
 
+#: Memory-map zip checkpoints (see benchmarks/README.md for the measured trade-off).
+MMAP = True
+
 
 def read_state_dict(
-    source: Source, *, key: str | None = None, trust_pickle: bool = False
+    source: Source,
+    *,
+    key: str | None = None,
+    trust_pickle: bool = False,
+    map_location: str | torch.device | None = None,
 ) -> dict[str, torch.Tensor]:
     """Read a state dict from a ``.safetensors`` or torch checkpoint, on the CPU.
 
@@ -39,6 +46,7 @@ def read_state_dict(
         key: The entry of a checkpoint dict that holds the state dict.
         trust_pickle: Allow arbitrary pickled objects (a whole pickled model, say). Only
             for files you trust: unpickling can run any code.
+        map_location: Device to read tensors to (default: the CPU).
 
     Raises:
         CheckpointError: Naming the file, if it is missing, truncated, not a checkpoint,
@@ -49,9 +57,9 @@ def read_state_dict(
         raise CheckpointError(f"checkpoint {label} does not exist")
     try:
         if _is_safetensors(source):
-            data: Any = _read_safetensors(source)
+            data: Any = _read_safetensors(source, str(map_location or "cpu"))
         else:
-            data = _torch_load(source, trust_pickle)
+            data = _torch_load(source, trust_pickle, map_location or "cpu")
     except CheckpointError:
         raise
     except pickle.UnpicklingError as err:
@@ -89,25 +97,25 @@ def _is_safetensors(source: Source) -> bool:
     return len(head) == 9 and head[8:9] == _SAFETENSORS_HINT
 
 
-def _read_safetensors(source: Source) -> dict[str, torch.Tensor]:
+def _read_safetensors(source: Source, device: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load, load_file
 
     if isinstance(source, (str, os.PathLike)):
-        return load_file(str(source))
-    return load(source.read())
+        return load_file(str(source), device=device)
+    return {k: v.to(device) for k, v in load(source.read()).items()}
 
 
-def _torch_load(source: Source, trust_pickle: bool) -> Any:
+def _torch_load(source: Source, trust_pickle: bool, location: Any) -> Any:
     if trust_pickle:
-        data = torch.load(source, map_location="cpu", weights_only=False)
+        data = torch.load(source, map_location=location, weights_only=False)
         return data.state_dict() if isinstance(data, nn.Module) else data
     if isinstance(source, (str, os.PathLike)):
         try:
-            return torch.load(source, map_location="cpu", weights_only=True, mmap=False)
+            return torch.load(source, map_location=location, weights_only=True, mmap=MMAP)
         except RuntimeError as err:
             if "mmap" not in str(err):
                 raise
-    return torch.load(source, map_location="cpu", weights_only=True)
+    return torch.load(source, map_location=location, weights_only=True)
 
 
 def _unwrap(data: Any, label: str, key: str | None) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ from torch import nn
 
 from zooadapt.anatomy import describe
 from zooadapt.checkpoint import Source, read_state_dict
+from zooadapt.construct import gc_paused
 from zooadapt.errors import CheckpointError
 from zooadapt.manager import PluginManager, get_plugin_manager
 from zooadapt.surgery import StemInit, adapt_conv_weight, default_stem_init
@@ -288,6 +289,7 @@ def user_rules(rules: Iterable[RenameRule | tuple[str, str]]) -> list[RenameRule
     return result
 
 
+@gc_paused()
 def load_weights(
     model: nn.Module,
     source: Source,
@@ -296,6 +298,7 @@ def load_weights(
     strict: bool = True,
     key: str | None = None,
     trust_pickle: bool = False,
+    map_location: str | torch.device | None = None,
     stem_init: StemInit | None = None,
     family: str | Family | None = None,
     plugin_manager: PluginManager | None = None,
@@ -315,6 +318,8 @@ def load_weights(
         strict: Raise unless every tensor fits or was deliberately dropped or adapted.
         key: Entry of a checkpoint dict holding the state dict.
         trust_pickle: Allow pickled objects (only for files you trust).
+        map_location: Where to read the tensors before they are copied into the model's
+            own (default: the CPU).
         stem_init: Strategy for a stem whose channel count differs.
         family: Force the family by name or pass a :class:`Family`.
         plugin_manager: Defaults to the shared manager with every installed plugin.
@@ -329,7 +334,7 @@ def load_weights(
     model = unwrap(model)
     pm = plugin_manager or get_plugin_manager()
     declared, anat = describe(model, pm, family)
-    state = read_state_dict(source, key=key, trust_pickle=trust_pickle)
+    state = read_state_dict(source, key=key, trust_pickle=trust_pickle, map_location=map_location)
     all_rules = [*GENERIC_RULES, *pm.rename_rules(declared.item), *user_rules(rules)]
     targets = Targets(heads=anat.head, stem=anat.stem, stem_init=stem_init)
     label = str(getattr(source, "name", source))
