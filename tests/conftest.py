@@ -46,3 +46,18 @@ def cached_mobilenet(hub_dir: Path, real_mobilenet_file: Path) -> Path:
     target = hub_dir / "checkpoints" / MOBILENET_FILE
     shutil.copyfile(real_mobilenet_file, target)
     return target
+
+
+@pytest.fixture
+def real_inits(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """Shapes of the real (non-meta) tensors that kaiming_normal_ initialises."""
+    shapes: list[tuple[int, ...]] = []
+    original = torch.nn.init.kaiming_normal_
+
+    def spy(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if not tensor.is_meta:
+            shapes.append(tuple(tensor.shape))
+        return original(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "kaiming_normal_", spy)
+    return shapes

@@ -228,19 +228,10 @@ def test_whole_pickled_model_needs_trust_pickle(tmp_path, resnet):
 # -- no wasted work ----------------------------------------------------------------------------
 
 
-def test_checkpoint_path_never_initialises_real_tensors(tmp_path, resnet, monkeypatch):
+def test_checkpoint_path_never_initialises_real_tensors(tmp_path, resnet, real_inits):
     torch.save(resnet.state_dict(), tmp_path / "w.pth")
-    real_inits = []
-    original = torch.nn.init.kaiming_normal_
-
-    def spy(tensor, *args, **kwargs):
-        if not tensor.is_meta:
-            real_inits.append(tuple(tensor.shape))
-        return original(tensor, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.init, "kaiming_normal_", spy)
     model = za.adapt("resnet18", pretrained=tmp_path / "w.pth", num_classes=3)
-    assert real_inits == []
+    assert real_inits == []  # no kaiming_normal_ on real tensors
     assert not any(t.is_meta for t in model.state_dict().values())
     assert_equal_state(model, resnet.state_dict(), skip=("fc.",))
 
@@ -293,3 +284,27 @@ def test_module_models_save_and_reload_through_load_weights(tmp_path):
     clone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 2))
     za.load_weights(clone, path)
     assert_equal_state(clone, model.state_dict())
+
+
+def test_ddp_wrapped_models_save_unwrapped_and_load_into_either(tmp_path, resnet):
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    try:
+        model = za.adapt("resnet18", num_classes=3, pretrained=False)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        path = za.save(ddp, tmp_path / "ddp.safetensors")
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            assert set(handle.keys()) == set(model.state_dict())
+        assert_equal_state(za.load(path), model.state_dict())
+        other = nn.parallel.DistributedDataParallel(
+            za.adapt("resnet18", num_classes=3, pretrained=False)
+        )
+        za.load_weights(other, path)
+        assert_equal_state(other.module, model.state_dict())
+    finally:
+        dist.destroy_process_group()

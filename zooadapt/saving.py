@@ -24,7 +24,7 @@ from zooadapt.manager import PluginManager
 from zooadapt.surgery import head_out_features
 from zooadapt.wrappers import unwrap
 
-__all__ = ["atomic_write", "describe_adapted", "load", "read_metadata", "save"]
+__all__ = ["atomic_write", "describe_adapted", "load", "read_metadata", "rebuild", "save"]
 
 FORMAT = "zooadapt/1"
 
@@ -160,6 +160,17 @@ def load(
             f"{path} holds a {info.get('family')} model that was not built from a registry "
             "name; build it yourself and call za.load_weights(model, path)"
         )
+    return rebuild(info, path, device=device, plugin_manager=plugin_manager)
+
+
+def rebuild(
+    info: dict[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = None,
+    plugin_manager: PluginManager | None = None,
+) -> nn.Module:
+    """Adapt the registry model that :func:`describe_adapted` described, loading ``path``."""
     return adapt(
         info["model"],
         num_classes=info["num_classes"],

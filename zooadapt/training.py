@@ -17,12 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from zooadapt.adapt import adapt
 from zooadapt.errors import CheckpointError
 from zooadapt.freeze import freeze_state, load_freeze_state
 from zooadapt.loading import load_weights
 from zooadapt.manager import PluginManager
-from zooadapt.saving import atomic_write, describe_adapted
+from zooadapt.saving import atomic_write, describe_adapted, rebuild
 from zooadapt.wrappers import unwrap
 
 __all__ = ["Training", "load_training", "save_training"]
@@ -144,14 +143,7 @@ def _restore_model(
             f"{path} holds a model that was not built from a registry name; "
             "pass model=<your model> to load_training"
         )
-    return adapt(
-        info["model"],
-        num_classes=info["num_classes"],
-        in_chans=info["in_chans"],
-        pretrained=Path(path),
-        plugin_manager=plugin_manager,
-        **info["model_kwargs"],
-    )
+    return rebuild(info, path, plugin_manager=plugin_manager)
 
 
 def _restore_optimizer(
