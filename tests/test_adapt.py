@@ -198,3 +198,13 @@ def test_freeze_argument_freezes_after_adapting():
     before = model.layer1[0].bn1.running_mean.clone()
     model(torch.rand(2, 3, 32, 32))
     assert torch.equal(model.layer1[0].bn1.running_mean, before)
+
+
+def test_bad_freeze_spec_leaves_a_module_untouched():
+    model = TutorialNet()
+    before, fc3 = snapshot(model), model.fc3
+    with pytest.raises(za.FreezeError, match="conv1, conv2, fc1, fc2, head"):
+        za.adapt(model, num_classes=3, in_chans=1, freeze="nope")
+    assert model.fc3 is fc3 and model.conv1.in_channels == 3
+    assert all(p.requires_grad for p in model.parameters())
+    assert_unchanged(model, before)

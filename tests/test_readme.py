@@ -13,3 +13,12 @@ def test_python_example_runs(capsys):
     exec(compile(block, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "torch.Size([2, 10])" in out and "('fc',) conv1" in out and "layer4" in out
+
+
+def test_freezing_example_runs_and_prints_what_it_says(capsys):
+    section = README.split("## Freezing and optimizers", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(block, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "['head', 'head.no_decay']"
+    assert lines[1].startswith("[('layer4', 0.0001)")

@@ -17,6 +17,7 @@ from zooadapt.construct import build_on_meta, gc_paused
 from zooadapt.errors import AdaptError, PluginError, ZooAdaptError
 from zooadapt.freeze import FreezeSpec
 from zooadapt.freeze import freeze as freeze_model
+from zooadapt.freeze import select as select_frozen
 from zooadapt.loading import (
     GENERIC_RULES,
     Targets,
@@ -47,6 +48,7 @@ class _Request:
     num_classes: int | None
     in_chans: int | None
     stem_init: StemInit | None
+    freeze: FreezeSpec
     family: str | Family | None
     pm: PluginManager
 
@@ -99,7 +101,7 @@ def adapt(
     _check_count("num_classes", num_classes)
     _check_count("in_chans", in_chans)
     request = _Request(
-        num_classes, in_chans, stem_init, family, plugin_manager or get_plugin_manager()
+        num_classes, in_chans, stem_init, freeze, family, plugin_manager or get_plugin_manager()
     )
     on_meta = device is not None and torch.device(device).type == "meta"
     path = pretrained if _is_path(pretrained) and not on_meta else None
@@ -107,7 +109,7 @@ def adapt(
     if isinstance(model, nn.Module):
         _check_module_arguments(pretrained, model_kwargs)
         _adapt_in_place(unwrap(model), request, checkpoint, str(path), assign=False)
-        return _finish(model, freeze, request, device, dtype)
+        return _finish(model, request, device, dtype)
     if not isinstance(model, str):
         raise AdaptError(f"model must be a registry name or nn.Module, got {type(model).__name__}")
     ref = resolve_name(model, request.pm)
@@ -117,7 +119,7 @@ def adapt(
         module = _from_zoo(ref, pretrained, on_meta, model_kwargs)
         _adapt_in_place(module, request, None, "", assign=False)
     setattr(module, _ORIGIN, {"model": ref.qualified, "model_kwargs": dict(model_kwargs)})
-    return _finish(module, freeze, request, device, dtype)
+    return _finish(module, request, device, dtype)
 
 
 def adapted_from(model: nn.Module) -> dict[str, Any] | None:
@@ -153,10 +155,10 @@ def _is_path(pretrained: object) -> bool:
 
 
 def _finish(
-    model: nn.Module, spec: FreezeSpec, request: _Request, device: Any, dtype: torch.dtype | None
+    model: nn.Module, request: _Request, device: Any, dtype: torch.dtype | None
 ) -> nn.Module:
-    if spec is not None:
-        freeze_model(model, spec, family=request.family, plugin_manager=request.pm)
+    if request.freeze is not None:
+        freeze_model(model, request.freeze, family=request.family, plugin_manager=request.pm)
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model
@@ -243,6 +245,8 @@ def _adapt_in_place(
         num_classes = num_classes or head_rows(renamed, anat.head)
         in_chans = in_chans or stem_channels(renamed, anat.stem)
     plan = plan_surgery(model, declared.item, anat, num_classes, in_chans, request.stem_init)
+    if request.freeze is not None:  # validate the spec before anything changes
+        select_frozen(anat.groups, request.freeze, [n for n, _ in model.named_parameters()])
     plan.apply(model)
     if checkpoint is None:
         return anat.head
