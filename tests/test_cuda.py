@@ -1,0 +1,33 @@
+"""CUDA paths; they run wherever a GPU is present (CI has none)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zooadapt as za
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_adapt_to_cuda_and_train_one_frozen_step():
+    model = za.adapt(
+        "resnet18", num_classes=3, in_chans=1, pretrained=False, device="cuda", freeze="backbone"
+    )
+    assert {p.device.type for p in model.parameters()} == {"cuda"}
+    opt = za.optimizer(model, lr=1e-3)
+    before = model.layer1[0].bn1.running_mean.clone()
+    model.train()
+    loss = model(torch.rand(2, 1, 32, 32, device="cuda")).sum()
+    loss.backward()
+    opt.step()
+    assert torch.equal(model.layer1[0].bn1.running_mean, before)
+
+
+def test_cpu_checkpoint_loads_into_a_cuda_model(tmp_path):
+    source = za.adapt("resnet18", num_classes=3, pretrained=False)
+    za.save(source, tmp_path / "m.safetensors")
+    target = za.adapt("resnet18", num_classes=3, pretrained=False, device="cuda")
+    za.load_weights(target, tmp_path / "m.safetensors")
+    assert torch.equal(target.fc.weight.cpu(), source.fc.weight)
+    assert za.load(tmp_path / "m.safetensors", device="cuda").fc.weight.is_cuda
