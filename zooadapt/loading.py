@@ -19,7 +19,7 @@ from zooadapt.checkpoint import Source, read_state_dict
 from zooadapt.construct import gc_paused
 from zooadapt.errors import CheckpointError
 from zooadapt.manager import PluginManager, get_plugin_manager
-from zooadapt.surgery import StemInit, adapt_conv_weight, default_stem_init
+from zooadapt.surgery import StemInit, adapt_conv_weight, default_stem_init, owner_of
 from zooadapt.types import Family, RenameRule
 from zooadapt.wrappers import unwrap
 
@@ -214,18 +214,7 @@ def _channels_differ(tensor: torch.Tensor, want: torch.Tensor) -> bool:
 def _copy_into(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for key, value in tensors.items():
-            target = _lookup_tensor(model, key)
-            if target.shape != value.shape:  # adapted stem: the model has the new shape
-                raise CheckpointError(f"internal error: shape of {key} changed during load")
-            target.copy_(value)
-
-
-def _lookup_tensor(model: nn.Module, key: str) -> torch.Tensor:
-    owner_path, _, name = key.rpartition(".")
-    owner = model.get_submodule(owner_path) if owner_path else model
-    tensor = getattr(owner, name)
-    assert isinstance(tensor, torch.Tensor)
-    return tensor
+            getattr(*owner_of(model, key)).copy_(value)
 
 
 def materialize(model: nn.Module, heads: Iterable[str]) -> list[str]:
@@ -244,8 +233,7 @@ def materialize(model: nn.Module, heads: Iterable[str]) -> list[str]:
             head.reset_parameters()
     for name, buffer in list(model.named_buffers()):
         if buffer.is_meta and name.endswith("num_batches_tracked"):
-            owner_path, _, attr = name.rpartition(".")
-            owner = model.get_submodule(owner_path) if owner_path else model
+            owner, attr = owner_of(model, name)
             owner._buffers[attr] = torch.zeros((), dtype=torch.long)
     tensors = [*model.named_parameters(), *model.named_buffers()]
     attributes = [

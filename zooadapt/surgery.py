@@ -17,9 +17,12 @@ from zooadapt.errors import AdaptError
 __all__ = [
     "StemInit",
     "adapt_conv_weight",
+    "check_stem",
     "default_stem_init",
     "head_out_features",
     "make_head",
+    "owner_of",
+    "set_stem_weight",
     "set_submodule",
 ]
 
@@ -29,11 +32,15 @@ StemInit = str | Sequence[int | None]
 STRATEGIES = ("sum", "repeat", "zeros")
 
 
+def owner_of(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    """The module that owns dotted ``path`` (a submodule, parameter or buffer) and its name."""
+    parent_path, _, name = path.rpartition(".")
+    return (model.get_submodule(parent_path) if parent_path else model), name
+
+
 def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
     """Replace the submodule at dotted ``path`` with ``module``."""
-    parent_path, _, name = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, name, module)
+    setattr(*owner_of(model, path), module)
 
 
 def head_out_features(head: nn.Module) -> int:
