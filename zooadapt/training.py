@@ -21,6 +21,7 @@ from zooadapt.errors import CheckpointError
 from zooadapt.freeze import freeze_state, load_freeze_state
 from zooadapt.loading import load_weights
 from zooadapt.manager import PluginManager
+from zooadapt.optim import foreign_tensors
 from zooadapt.saving import atomic_write, describe_adapted, rebuild
 from zooadapt.wrappers import unwrap
 
@@ -59,16 +60,14 @@ def save_training(
         The path written.
     """
     model = unwrap(model)
+    foreign = foreign_tensors(optimizer, model)
+    if foreign:
+        raise CheckpointError(
+            f"the optimizer holds {foreign} tensors that are not parameters of "
+            f"{type(model).__name__}"
+        )
     names = {id(p): n for n, p in model.named_parameters()}
-    groups = []
-    for group in optimizer.param_groups:
-        unknown = [p for p in group["params"] if id(p) not in names]
-        if unknown:
-            raise CheckpointError(
-                f"the optimizer holds {len(unknown)} tensors that are not parameters of "
-                f"{type(model).__name__}"
-            )
-        groups.append([names[id(p)] for p in group["params"]])
+    groups = [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
     payload = {
         "format": FORMAT,
         "adapted": describe_adapted(model),
