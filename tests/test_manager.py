@@ -398,6 +398,7 @@ def test_anatomy_of_the_winning_family() -> None:
             "body": ["body.weight", "body.bias"],
             "head": ["fc.weight", "fc.bias"],
         },
+        stems=("stem",),
     )
 
 

@@ -31,7 +31,7 @@ from zooadapt.saving import load, save
 from zooadapt.schedule import FineTuneSchedule
 from zooadapt.summary import summary
 from zooadapt.training import Training, load_training, save_training
-from zooadapt.types import Anatomy, Family, RenameRule, Weights, Zoo
+from zooadapt.types import Anatomy, Family, RenameRule, StemLayout, Weights, Zoo
 from zooadapt.wrappers import unwrap
 
 __version__ = "0.1.0"
@@ -51,6 +51,7 @@ __all__ = [
     "PluginManager",
     "PluginWarning",
     "RenameRule",
+    "StemLayout",
     "Training",
     "Weights",
     "WeightsNotAvailableError",

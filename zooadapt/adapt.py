@@ -243,14 +243,14 @@ def _adapt_in_place(
     if checkpoint is not None:
         renamed, _ = rename_keys(checkpoint, rules, model.state_dict())
         num_classes = num_classes or head_rows(renamed, anat.head)
-        in_chans = in_chans or stem_channels(renamed, anat.stem)
+        in_chans = in_chans or stem_channels(renamed, anat)
     plan = plan_surgery(model, declared.item, anat, num_classes, in_chans, request.stem_init)
     if request.freeze is not None:  # validate the spec before anything changes
         select_frozen(anat.groups, request.freeze, [n for n, _ in model.named_parameters()])
     plan.apply(model)
     if checkpoint is None:
         return anat.head
-    targets = Targets(heads=anat.head, stem=anat.stem, stem_init=request.stem_init)
+    targets = Targets.of(anat, request.stem_init)
     try:
         load_state(model, checkpoint, rules=rules, targets=targets, source=source, assign=assign)
     except BaseException:

@@ -144,13 +144,15 @@ def describe(
     fam = declared.item
     owner = f"family {fam.name!r} (plugin {declared.plugin!r})"
     heads = _call(declared, "head", lambda: present_heads(model, fam))
-    stem = _call(declared, "stem", lambda: fam.stem_path(model))
-    for path in (*heads, *([stem] if stem else [])):
+    stems = _call(declared, "stem", lambda: fam.stem_paths(model))
+    layout = _call(declared, "stem_layout", lambda: fam.stem_layout_of(model))
+    for path in (*heads, *stems):
         if _find(model, path) is None:
             raise PluginError(f"{owner}: module path {path!r} does not exist in the model")
     patterns = _call(declared, "groups", lambda: fam.group_patterns(model))
     groups = assign_groups(model, patterns, owner)
-    return declared, Anatomy(fam.name, declared.plugin, heads, stem, groups)
+    stem = stems[0] if stems else None
+    return declared, Anatomy(fam.name, declared.plugin, heads, stem, groups, stems, layout)
 
 
 def anatomy(

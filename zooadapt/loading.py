@@ -19,8 +19,14 @@ from zooadapt.checkpoint import Source, read_state_dict
 from zooadapt.construct import gc_paused
 from zooadapt.errors import CheckpointError
 from zooadapt.manager import PluginManager, get_plugin_manager
-from zooadapt.surgery import StemInit, adapt_conv_weight, default_stem_init, owner_of
-from zooadapt.types import Family, RenameRule
+from zooadapt.surgery import (
+    StemInit,
+    adapt_stem_weight,
+    default_stem_init,
+    owner_of,
+    stem_in_chans,
+)
+from zooadapt.types import Anatomy, Family, RenameRule, StemLayout
 from zooadapt.wrappers import unwrap
 
 __all__ = [
@@ -118,8 +124,18 @@ class Targets:
     """Where the model was adapted: checkpoint tensors there are reshaped or dropped."""
 
     heads: tuple[str, ...] = ()
-    stem: str | None = None
+    stems: tuple[str, ...] = ()
     stem_init: StemInit | None = None
+    stem_layout: StemLayout = StemLayout()
+
+    @classmethod
+    def of(cls, anat: Anatomy, stem_init: StemInit | None = None) -> Targets:
+        """The heads and stems an :class:`Anatomy` declares."""
+        return cls(anat.head, anat.stems, stem_init, anat.stem_layout)
+
+    def is_stem(self, key: str) -> bool:
+        """Whether ``key`` is a stem's weight."""
+        return any(key == f"{stem}.weight" for stem in self.stems)
 
 
 def _under(key: str, paths: Iterable[str]) -> bool:
@@ -166,9 +182,10 @@ def load_state(
             final[key] = tensor
         elif _under(key, targets.heads):
             report.dropped.append(key)
-        elif targets.stem and key == f"{targets.stem}.weight" and _channels_differ(tensor, want):
-            init = targets.stem_init or default_stem_init(want.shape[1])
-            final[key] = adapt_conv_weight(tensor, want.shape[1], init)
+        elif targets.is_stem(key) and _channels_differ(tensor, want):
+            chans = stem_in_chans(want, targets.stem_layout)
+            init = targets.stem_init or default_stem_init(chans)
+            final[key] = adapt_stem_weight(tensor, chans, init, targets.stem_layout)
             report.adapted.append(key)
         else:
             report.mismatched[key] = (tuple(tensor.shape), tuple(want.shape))
@@ -254,10 +271,12 @@ def head_rows(state: Mapping[str, torch.Tensor], heads: Iterable[str]) -> int | 
     return None
 
 
-def stem_channels(state: Mapping[str, torch.Tensor], stem: str | None) -> int | None:
-    """Input channels of the stem convolution in ``state``."""
-    weight = state.get(f"{stem}.weight") if stem else None
-    return int(weight.shape[1]) if weight is not None and weight.dim() > 2 else None
+def stem_channels(state: Mapping[str, torch.Tensor], anat: Anatomy) -> int | None:
+    """Input channels that the (first) stem's weight in ``state`` reads."""
+    weight = state.get(f"{anat.stem}.weight") if anat.stem else None
+    if weight is None or weight.dim() < 2:
+        return None
+    return stem_in_chans(weight, anat.stem_layout)
 
 
 def user_rules(rules: Iterable[RenameRule | tuple[str, str]]) -> list[RenameRule]:
@@ -324,6 +343,6 @@ def load_weights(
     declared, anat = describe(model, pm, family)
     state = read_state_dict(source, key=key, trust_pickle=trust_pickle, map_location=map_location)
     all_rules = [*GENERIC_RULES, *pm.rename_rules(declared.item), *user_rules(rules)]
-    targets = Targets(heads=anat.head, stem=anat.stem, stem_init=stem_init)
+    targets = Targets.of(anat, stem_init)
     label = str(getattr(source, "name", source))
     return load_state(model, state, rules=all_rules, targets=targets, strict=strict, source=label)

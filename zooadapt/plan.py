@@ -12,17 +12,37 @@ from torch import nn
 from zooadapt.errors import AdaptError
 from zooadapt.surgery import (
     StemInit,
-    adapt_conv_weight,
+    adapt_stem_weight,
     check_stem,
     default_stem_init,
     head_out_features,
+    is_replaceable_head,
     make_head,
     set_stem_weight,
     set_submodule,
+    stem_in_chans,
 )
 from zooadapt.types import Anatomy, Family
 
 __all__ = ["Plan", "plan_surgery"]
+
+
+#: Module attributes that hold the module tree; copied, not shared, by a snapshot.
+_TREE = ("_modules", "_parameters", "_buffers")
+
+
+def _snapshot(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
+    """Every module's attributes, so that a family's ``reset_head`` can be undone."""
+    return [
+        (module, {k: dict(v) if k in _TREE else v for k, v in vars(module).items()})
+        for module in model.modules()
+    ]
+
+
+def _restore(snapshot: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+    for module, attributes in snapshot:
+        vars(module).clear()
+        vars(module).update({k: dict(v) if k in _TREE else v for k, v in attributes.items()})
 
 
 @dataclass
@@ -31,18 +51,19 @@ class Plan:
 
     heads: list[tuple[str, nn.Module, nn.Module]] = field(default_factory=list)
     reset_head: Any = None
-    stem: tuple[nn.Module, torch.Tensor, torch.Tensor] | None = None
+    stems: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     attributes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    _before_reset: list[tuple[nn.Module, dict[str, Any]]] = field(default_factory=list)
 
     def apply(self, model: nn.Module) -> None:
         """Make the planned changes."""
         for path, _, new in self.heads:
             set_submodule(model, path, new)
         if self.reset_head is not None:
+            self._before_reset = _snapshot(model)
             self.reset_head(model)
-        if self.stem is not None:
-            conv, _, new_weight = self.stem
-            set_stem_weight(conv, new_weight)
+        for layer, _, new_weight in self.stems:
+            set_stem_weight(layer, new_weight)
         for name, (_, new_value) in self.attributes.items():
             setattr(model, name, new_value)
 
@@ -50,11 +71,11 @@ class Plan:
         """Undo :meth:`apply`, restoring the original modules and weights."""
         for path, old, _ in self.heads:
             set_submodule(model, path, old)
-        if self.stem is not None:
-            conv, old_weight, _ = self.stem
-            set_stem_weight(conv, old_weight)
+        for layer, old_weight, _ in self.stems:
+            set_stem_weight(layer, old_weight)
         for name, (old_value, _) in self.attributes.items():
             setattr(model, name, old_value)
+        _restore(self._before_reset)
 
 
 def plan_surgery(
@@ -72,6 +93,12 @@ def plan_surgery(
     """
     plan = Plan()
     if num_classes is not None:
+        if not anat.head:
+            raise AdaptError(
+                f"{type(model).__qualname__} has no classifier head (family {family.name!r} "
+                f"declares none), so num_classes={num_classes} cannot be applied; use it as a "
+                "feature extractor under your own head, or choose a variant with a classifier"
+            )
         _plan_heads(plan, model, family, anat.head, num_classes)
     if in_chans is not None or stem_init is not None:
         _plan_stem(plan, model, family, anat, in_chans, stem_init)
@@ -81,9 +108,9 @@ def plan_surgery(
 def _plan_heads(
     plan: Plan, model: nn.Module, family: Family, heads: Sequence[str], num_classes: int
 ) -> None:
-    if family.reset_head is not None:
-        if any(head_out_features(model.get_submodule(p)) != num_classes for p in heads):
-            plan.reset_head = lambda m: family.reset_head(m, num_classes)  # type: ignore[misc]
+    layers = [model.get_submodule(path) for path in heads]
+    if family.reset_head is not None and not all(map(is_replaceable_head, layers)):
+        plan.reset_head = _reset_head(family, num_classes, _factory(model))
         return
     for path in heads:
         old = model.get_submodule(path)
@@ -91,6 +118,22 @@ def _plan_heads(
             plan.heads.append((path, old, make_head(old, num_classes)))
     if plan.heads and isinstance(getattr(model, "num_classes", None), int):
         plan.attributes["num_classes"] = (model.num_classes, num_classes)
+
+
+def _factory(model: nn.Module) -> dict[str, Any]:
+    first = next(model.parameters(), None)
+    return {} if first is None else {"device": first.device, "dtype": first.dtype}
+
+
+def _reset_head(family: Family, num_classes: int, factory: dict[str, Any]) -> Any:
+    """The family's ``reset_head``, with the new heads moved to the model's device/dtype."""
+
+    def reset(model: nn.Module) -> None:
+        family.reset_head(model, num_classes)  # type: ignore[misc]
+        for path in family.head_paths(model):
+            model.get_submodule(path).to(**factory)
+
+    return reset
 
 
 def _plan_stem(
@@ -101,17 +144,24 @@ def _plan_stem(
     in_chans: int | None,
     stem_init: StemInit | None,
 ) -> None:
-    if anat.stem is None:
-        raise AdaptError(f"family {family.name!r} declares no stem, so in_chans cannot change")
-    conv = check_stem(model.get_submodule(anat.stem), anat.stem)
-    base = conv.weight.shape[1]
-    target = in_chans or base
-    if target == base and stem_init is None:
-        return
-    with torch.no_grad():
-        weight = conv.weight.detach()
-        new_weight = adapt_conv_weight(weight, target, stem_init or default_stem_init(target))
-    plan.stem = (conv, weight, new_weight)
-    if target != base:
+    if not anat.stems:
+        raise AdaptError(
+            f"{type(model).__qualname__} has no input layer that zooadapt can adapt (family "
+            f"{family.name!r} declares no stem), so in_chans cannot change"
+        )
+    changed = False
+    for path in anat.stems:
+        layer = check_stem(model.get_submodule(path), path)
+        base = stem_in_chans(layer.weight, anat.stem_layout)
+        target = in_chans or base
+        if target == base and stem_init is None:
+            continue
+        with torch.no_grad():
+            weight = layer.weight.detach()
+            init = stem_init or default_stem_init(target)
+            new_weight = adapt_stem_weight(weight, target, init, anat.stem_layout)
+        plan.stems.append((layer, weight, new_weight))
+        changed = changed or target != base
+    if changed:
         for name, value in family.stem_overrides.items():
             plan.attributes[name] = (getattr(model, name), value)

@@ -13,23 +13,29 @@ import torch
 from torch import nn
 
 from zooadapt.errors import AdaptError
+from zooadapt.types import StemLayout
 
 __all__ = [
     "StemInit",
     "adapt_conv_weight",
+    "adapt_stem_weight",
     "check_stem",
     "default_stem_init",
     "head_out_features",
+    "is_replaceable_head",
     "make_head",
     "owner_of",
     "set_stem_weight",
     "set_submodule",
+    "stem_in_chans",
 ]
 
 #: ``"sum"``, ``"repeat"``, ``"zeros"``, or a channel map: for each new input channel, the
 #: index of the pretrained channel it starts from (``None`` for zeros).
 StemInit = str | Sequence[int | None]
 STRATEGIES = ("sum", "repeat", "zeros")
+#: An ordinary convolution's layout: one input position per channel.
+PLAIN_STEM = StemLayout()
 
 
 def owner_of(model: nn.Module, path: str) -> tuple[nn.Module, str]:
@@ -53,6 +59,11 @@ def head_out_features(head: nn.Module) -> int:
         f"head {type(head).__name__} is neither nn.Linear nor a 1x1 convolution; "
         "its family must declare reset_head"
     )
+
+
+def is_replaceable_head(module: nn.Module) -> bool:
+    """Whether :func:`make_head` can replace ``module`` (``nn.Linear`` or a 1x1 conv)."""
+    return isinstance(module, nn.Linear) or _is_pointwise_conv(module)
 
 
 def _is_pointwise_conv(module: nn.Module) -> bool:
@@ -141,17 +152,53 @@ def _from_channel_map(weight: torch.Tensor, channel_map: list[int | None]) -> to
     return torch.cat(columns, dim=1)
 
 
-def check_stem(conv: nn.Module, path: str) -> nn.Module:
-    """Return ``conv`` if zooadapt can change its input channels, else raise AdaptError."""
-    if not isinstance(conv, nn.modules.conv._ConvNd) or conv.groups != 1:
+def stem_in_chans(weight: torch.Tensor, layout: StemLayout = PLAIN_STEM) -> int:
+    """Input channels that a stem weight of this ``layout`` reads."""
+    return weight.shape[1] // layout.fold
+
+
+def adapt_stem_weight(
+    weight: torch.Tensor, in_chans: int, init: StemInit, layout: StemLayout = PLAIN_STEM
+) -> torch.Tensor:
+    """:func:`adapt_conv_weight` for a stem whose input dimension may fold positions.
+
+    The weight is viewed as ``(out, channels, fold, *kernel)``, adapted along the channels
+    and flattened back in its own layout (see :class:`~zooadapt.StemLayout`).
+
+    Raises:
+        AdaptError: If the weight's input size is not a multiple of ``layout.fold``.
+    """
+    if layout.fold == 1:
+        return adapt_conv_weight(weight, in_chans, init)
+    out, inner, kernel = weight.shape[0], weight.shape[1], tuple(weight.shape[2:])
+    if inner % layout.fold:
+        raise AdaptError(f"stem input size {inner} is not a multiple of its fold {layout.fold}")
+    channels = inner // layout.fold
+    if layout.channels_last:
+        view = weight.reshape(out, layout.fold, channels, *kernel).transpose(1, 2)
+    else:
+        view = weight.reshape(out, channels, layout.fold, *kernel)
+    adapted = adapt_conv_weight(view, in_chans, init)
+    if layout.channels_last:
+        adapted = adapted.transpose(1, 2)
+    return adapted.reshape(out, in_chans * layout.fold, *kernel).contiguous()
+
+
+def check_stem(layer: nn.Module, path: str) -> nn.Module:
+    """Return ``layer`` if zooadapt can change its input channels, else raise AdaptError."""
+    conv = isinstance(layer, nn.modules.conv._ConvNd) and layer.groups == 1
+    if not (conv or isinstance(layer, nn.Linear)):
         raise AdaptError(
-            f"stem {path!r} is {type(conv).__name__}; zooadapt can only change the input "
-            "channels of an ungrouped convolution"
+            f"stem {path!r} is {type(layer).__name__}; zooadapt can only change the input "
+            "channels of an ungrouped convolution or a linear patch embedding"
         )
-    return conv
+    return layer
 
 
-def set_stem_weight(conv: nn.Module, weight: torch.Tensor) -> None:
-    """Install ``weight`` (already adapted) in the stem convolution, in place."""
-    conv.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
-    conv.in_channels = weight.shape[1]
+def set_stem_weight(layer: nn.Module, weight: torch.Tensor) -> None:
+    """Install ``weight`` (already adapted) in the stem layer, in place."""
+    layer.weight = nn.Parameter(weight, requires_grad=layer.weight.requires_grad)
+    if isinstance(layer, nn.Linear):
+        layer.in_features = weight.shape[1]
+    else:
+        layer.in_channels = weight.shape[1]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Union
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Anatomy", "Family", "RenameRule", "Weights", "Zoo"]
+__all__ = ["Anatomy", "Family", "RenameRule", "StemLayout", "Weights", "Zoo"]
 
 #: A value a family declares either as data or as a function of the model instance.
 Paths = Union[str, Sequence[str], "Callable[[nn.Module], Sequence[str]]"]
@@ -47,6 +47,25 @@ class RenameRule:
 
 
 @dataclass(frozen=True)
+class StemLayout:
+    """How a stem's weight lays out its input channels along its input dimension.
+
+    An ordinary convolution has one input position per channel (``fold=1``). A stem
+    behind a space-to-depth step (TResNet) or a linear patch embedding folds several
+    input positions into its input dimension: ``fold`` positions per channel, with the
+    channel index varying fastest (``channels_last=True``, timm's ``P-P-C`` patches) or
+    slowest (``channels_last=False``, ``C-P-P``).
+
+    Args:
+        fold: Input positions per channel in the weight's input dimension.
+        channels_last: Whether the channel index varies fastest within that dimension.
+    """
+
+    fold: int = 1
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
 class Family:
     """What an architecture family knows about itself.
 
@@ -57,7 +76,9 @@ class Family:
         name: Unique family name, e.g. ``"resnet"``.
         head: Module path(s) of the classifier layer(s) that ``num_classes`` replaces:
             ``nn.Linear`` or a 1x1 ``nn.Conv2d``.
-        stem: Module path of the first convolution that ``in_chans`` rebuilds, or ``None``.
+        stem: Module path(s) of the layers that read the input image and that ``in_chans``
+            rebuilds (a convolution, or a linear patch embedding with ``stem_layout``);
+            several for models with parallel input branches; ``None`` if there is none.
         groups: Ordered freeze groups, input to output, head last: group name -> regex
             searched in parameter names. Every parameter must match exactly one group.
         classes: Qualified class names (``"torchvision.models.resnet.ResNet"``) this family
@@ -68,14 +89,17 @@ class Family:
         rename_rules: Key renames that this family's historical checkpoints need.
         stem_overrides: Attributes set on the model when its input channels change, for
             RGB-only behaviour such as Inception's ``transform_input``.
-        reset_head: Optional replacement of the generic head surgery,
-            called as ``reset_head(model, num_classes)``.
+        reset_head: Builds the heads as ``reset_head(model, num_classes)`` when a head is
+            not a layer the generic surgery can replace (``nn.Identity`` in a headless
+            encoder); it is undone if a later step fails.
+        stem_layout: How the stem's weight folds input channels (:class:`StemLayout`),
+            as data or as a function of the model.
         fallback: Generic family that claims any model, used only when nothing else does.
     """
 
     name: str
     head: Paths
-    stem: str | None | Callable[[nn.Module], str | None]
+    stem: str | Sequence[str] | None | Callable[[nn.Module], str | Sequence[str] | None]
     groups: Groups
     classes: tuple[str, ...] = ()
     match: Callable[[nn.Module], bool] | None = None
@@ -83,6 +107,7 @@ class Family:
     rename_rules: tuple[RenameRule, ...] = ()
     stem_overrides: Mapping[str, Any] = field(default_factory=dict, compare=False)
     reset_head: Callable[[nn.Module, int], None] | None = None
+    stem_layout: StemLayout | Callable[[nn.Module], StemLayout] = StemLayout()
     fallback: bool = False
 
     def __post_init__(self) -> None:
@@ -99,9 +124,16 @@ class Family:
         head = self.head(model) if callable(self.head) else self.head
         return (head,) if isinstance(head, str) else tuple(head)
 
-    def stem_path(self, model: nn.Module) -> str | None:
-        """Return the stem path for ``model``, or ``None`` if it has no adaptable stem."""
-        return self.stem(model) if callable(self.stem) else self.stem
+    def stem_paths(self, model: nn.Module) -> tuple[str, ...]:
+        """Return the stem paths for ``model`` (empty if it has no adaptable stem)."""
+        stem = self.stem(model) if callable(self.stem) else self.stem
+        if stem is None:
+            return ()
+        return (stem,) if isinstance(stem, str) else tuple(stem)
+
+    def stem_layout_of(self, model: nn.Module) -> StemLayout:
+        """Return the :class:`StemLayout` of ``model``'s stem."""
+        return self.stem_layout(model) if callable(self.stem_layout) else self.stem_layout
 
     def group_patterns(self, model: nn.Module) -> tuple[tuple[str, str], ...]:
         """Return ``(group name, regex)`` pairs for ``model``, input to output."""
@@ -174,8 +206,10 @@ class Anatomy:
         family: Name of the owning family.
         plugin: Name of the plugin that declared the family.
         head: Module paths of the heads present on the model (aux heads included).
-        stem: Module path of the stem convolution, or ``None``.
+        stem: Module path of the (first) stem layer, or ``None``.
         groups: Group name -> parameter names, input to output, head last.
+        stems: Every stem path (models with parallel input branches have several).
+        stem_layout: How the stems' weights fold input channels.
     """
 
     family: str
@@ -183,3 +217,5 @@ class Anatomy:
     head: tuple[str, ...]
     stem: str | None
     groups: dict[str, list[str]]
+    stems: tuple[str, ...] = ()
+    stem_layout: StemLayout = StemLayout()
