@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -177,8 +178,8 @@ def _from_zoo(
     if not wants_weights and ref.tag is None:
         return _build(ref, None, model_kwargs)
     weights = select_weights(ref, pretrained if wants_weights else True)  # type: ignore[arg-type]
-    ensure_local(weights, ref)
-    return _build(ref, weights, model_kwargs)
+    local = dataclasses.replace(weights, file=ensure_local(weights, ref))
+    return _build(ref, local, model_kwargs)
 
 
 def _from_checkpoint(

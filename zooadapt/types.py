@@ -162,6 +162,9 @@ class Weights:
         sha256: Published sha256 (or its prefix); empty if unknown.
         default: Whether ``pretrained=True`` selects these weights.
         num_classes: Classes of the pretrained head, if known.
+        source: Where the weights are published, for messages (a hub repository).
+        download: Fetches the file into the cache and returns its path; by default
+            ``url`` is downloaded to ``file``.
     """
 
     model: str
@@ -171,6 +174,8 @@ class Weights:
     sha256: str = ""
     default: bool = False
     num_classes: int | None = None
+    source: str = ""
+    download: Callable[[], Path] | None = field(default=None, compare=False, repr=False)
 
     @property
     def cached(self) -> bool:

@@ -17,6 +17,7 @@ from zooadapt.types import Weights
 
 __all__ = ["available_weights", "ensure_local", "select_weights"]
 
+OFFLINE = "offline mode (ZOOADAPT_OFFLINE)"
 _verified: set[tuple[str, int, float]] = set()
 
 
@@ -69,29 +70,33 @@ def ensure_local(weights: Weights, ref: ModelRef) -> Path:
             message names the file, URL, sha256, cache directory and cached alternatives.
         CheckpointError: If the cached file's sha256 does not match the published one.
     """
+    path: Path | None = weights.file
     if not weights.cached:
-        reason = "offline mode (ZOOADAPT_OFFLINE)" if _offline() else _download(weights)
-        if not weights.cached:
+        reason, path = _download(weights) if not _offline() else (OFFLINE, None)
+        if path is None or not path.is_file():
             raise WeightsNotAvailableError(_missing_message(weights, ref, reason))
-    verify_sha256(weights.file, weights.sha256)
-    return weights.file
+    verify_sha256(path, weights.sha256)
+    return path
 
 
-def _download(weights: Weights) -> str:
-    from torch.hub import download_url_to_file
-
-    weights.file.parent.mkdir(parents=True, exist_ok=True)
+def _download(weights: Weights) -> tuple[str, Path | None]:
     try:
+        if weights.download is not None:
+            return "downloaded", Path(weights.download())
+        from torch.hub import download_url_to_file
+
+        weights.file.parent.mkdir(parents=True, exist_ok=True)
         download_url_to_file(weights.url, str(weights.file), progress=True)
     except Exception as err:  # noqa: BLE001 - any failure means "not available"
-        return f"download failed: {err!r}"
-    return "downloaded"
+        return f"download failed: {err!r}", None
+    return "downloaded", weights.file
 
 
 def _missing_message(weights: Weights, ref: ModelRef, reason: str) -> str:
     cached = [w for w in available_weights(ref) if w.cached and w.tag != weights.tag]
     lines = [
         f"pretrained weights {weights.tag!r} of {ref.qualified} are not available ({reason}).",
+        *([f"  published: {weights.source}"] if weights.source else []),
         f"  file:      {weights.file.name}"
         + (f" (sha256 {weights.sha256}...)" if weights.sha256 else ""),
         f"  url:       {weights.url}",
