@@ -251,7 +251,7 @@ def _adapt_in_place(
     plan.apply(model)
     if checkpoint is None:
         return anat.head
-    targets = Targets.of(anat, request.stem_init)
+    targets = Targets.of(anat, request.stem_init, new_heads=plan.replaces_heads)
     try:
         load_state(model, checkpoint, rules=rules, targets=targets, source=source, assign=assign)
     except BaseException:

@@ -127,11 +127,20 @@ class Targets:
     stems: tuple[str, ...] = ()
     stem_init: StemInit | None = None
     stem_layout: StemLayout = StemLayout()
+    new_heads: bool = False
 
     @classmethod
-    def of(cls, anat: Anatomy, stem_init: StemInit | None = None) -> Targets:
-        """The heads and stems an :class:`Anatomy` declares."""
-        return cls(anat.head, anat.stems, stem_init, anat.stem_layout)
+    def of(
+        cls, anat: Anatomy, stem_init: StemInit | None = None, *, new_heads: bool = False
+    ) -> Targets:
+        """The heads and stems an :class:`Anatomy` declares.
+
+        Args:
+            anat: The model's anatomy.
+            stem_init: Strategy for a stem whose channel count differs.
+            new_heads: The heads were just replaced, so the checkpoint need not hold them.
+        """
+        return cls(anat.head, anat.stems, stem_init, anat.stem_layout, new_heads)
 
     def is_stem(self, key: str) -> bool:
         """Whether ``key`` is a stem's weight."""
@@ -194,7 +203,7 @@ def load_state(
         for k in own
         if k not in final
         and not k.endswith("num_batches_tracked")
-        and not (_under(k, targets.heads) and report.dropped)
+        and not (_under(k, targets.heads) and (report.dropped or targets.new_heads))
     ]
     if strict and not report.ok:
         raise CheckpointError(f"{source} does not fit {type(model).__qualname__}:\n{report}")

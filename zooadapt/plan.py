@@ -55,6 +55,11 @@ class Plan:
     attributes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     _before_reset: list[tuple[nn.Module, dict[str, Any]]] = field(default_factory=list)
 
+    @property
+    def replaces_heads(self) -> bool:
+        """Whether applying the plan gives the model new heads."""
+        return bool(self.heads) or self.reset_head is not None
+
     def apply(self, model: nn.Module) -> None:
         """Make the planned changes."""
         for path, _, new in self.heads:

@@ -1,4 +1,4 @@
-"""``za.freeze`` on one representative model of every torchvision family.
+"""``za.freeze`` on one representative model of every torchvision and major timm family.
 
 After ``freeze(model)`` only the head group trains; one real optimizer step in train mode
 leaves every frozen tensor and every frozen BatchNorm statistic bit-identical.
@@ -31,6 +31,25 @@ REPRESENTATIVES = {
     "swin_t": 32,
     "vgg11_bn": 32,
     "vit_b_32": 224,
+    # timm: the representatives of test_timm_function.py
+    "timm/resnet18": 64,
+    "timm/convnext_atto": 64,
+    "timm/convnextv2_atto": 64,
+    "timm/efficientnet_b0": 64,
+    "timm/mobilenetv3_small_050": 64,
+    "timm/mobilenetv4_conv_small": 64,
+    "timm/regnetx_002": 64,
+    "timm/vit_tiny_patch16_224": 224,
+    "timm/deit_tiny_distilled_patch16_224": 224,
+    "timm/swin_tiny_patch4_window7_224": 224,
+    "timm/eva02_tiny_patch14_224": 224,
+    "timm/coatnet_nano_rw_224": 224,
+    "timm/maxxvit_rmlp_nano_rw_256": 256,
+    "timm/fastvit_t8": 64,
+    "timm/vit_small_resnet26d_224": 224,
+    "timm/mobilevit_xxs": 64,
+    "timm/tresnet_m": 64,
+    "timm/crossvit_tiny_240": 240,
 }
 
 

@@ -62,39 +62,32 @@ def checkpoints(tmp_path_factory):
     return get
 
 
-def assert_same_logits(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Equal up to float32 rounding of the adapted stem, relative to the logits' scale."""
-    scale = expected.abs().max().item()
-    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5 * scale)
-
-
-def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model.double().eval()(x)
-
-
 @pytest.mark.parametrize("family", sorted(REPRESENTATIVES))
-def test_one_channel_sum_gives_the_logits_of_the_gray_image_replicated(family, checkpoints):
+def test_one_channel_sum_gives_the_logits_of_the_gray_image_replicated(
+    family, checkpoints, logits, assert_same_logits
+):
     arch, size = REPRESENTATIVES[family]
     original, path = checkpoints(arch)
     model = za.adapt(arch, in_chans=1, pretrained=path)
     gray = torch.rand(
         2, 1, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
     )
-    expected = _logits(original, gray.expand(-1, 3, -1, -1))
-    assert_same_logits(_logits(model, gray), expected)
+    expected = logits(original, gray.expand(-1, 3, -1, -1))
+    assert_same_logits(logits(model, gray), expected)
 
 
 @pytest.mark.parametrize("family", sorted(REPRESENTATIVES))
-def test_four_channels_zeros_gives_the_logits_of_the_first_three(family, checkpoints):
+def test_four_channels_zeros_gives_the_logits_of_the_first_three(
+    family, checkpoints, logits, assert_same_logits
+):
     arch, size = REPRESENTATIVES[family]
     original, path = checkpoints(arch)
     model = za.adapt(arch, in_chans=4, stem_init="zeros", pretrained=path)
     image = torch.rand(
         2, 4, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
     )
-    expected = _logits(original, image[:, :3])
-    assert_same_logits(_logits(model, image), expected)
+    expected = logits(original, image[:, :3])
+    assert_same_logits(logits(model, image), expected)
 
 
 @pytest.mark.parametrize("family", sorted(REPRESENTATIVES))
