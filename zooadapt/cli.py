@@ -41,7 +41,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
     model = adapt(args.model, pretrained=False, device="meta")
     info = anatomy(model)
     print(f"{args.model}: family {info.family!r} (plugin {info.plugin!r})")
-    print(f"head: {', '.join(info.head)}\nstem: {info.stem}")
+    print(f"head: {', '.join(info.head)}\nstem: {', '.join(info.stems) or None}")
     for group, names in info.groups.items():
         print(f"  {group:<12} {len(names):>4} tensors")
 

@@ -93,7 +93,10 @@ def _not_found_message(name: str, pm: PluginManager) -> str:
     candidates = list_models(plugin_manager=pm)
     if not candidates:
         return f"unknown model {name!r}: no zoo plugins are installed; did you `pip install -e .`?"
-    bare = {q.rpartition("/")[2]: q for q in candidates}
+    bare: dict[str, list[str]] = {}
+    for qualified in candidates:  # zoo by zoo, in lookup order
+        bare.setdefault(qualified.rpartition("/")[2], []).append(qualified)
     close = difflib.get_close_matches(name.rpartition("/")[2], list(bare), n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(bare[c] for c in close)}?" if close else ""
+    names = [q for c in close for q in bare[c]][:6]
+    hint = f"; did you mean {', '.join(names)}?" if names else ""
     return f"unknown model {name!r}{hint} (`zooadapt list` shows all {len(candidates)})"

@@ -38,7 +38,7 @@ def summary(
     header = f"{'group':<{width}}  {'parameters':>12}  {'trainable':>12}  {'frozen':>12}"
     lines = [
         f"{type(model).__name__} (family {anat.family!r}, plugin {anat.plugin!r})",
-        f"head: {', '.join(anat.head)}    stem: {anat.stem}",
+        f"head: {', '.join(anat.head)}    stem: {', '.join(anat.stems) or None}",
         header,
         "-" * len(header),
     ]
