@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import zooadapt as za
 
 #: The script installed beside this interpreter (the venv's), else the one on PATH.
 BESIDE = Path(sys.executable).with_name("zooadapt")
@@ -62,3 +65,48 @@ def test_plugins_lists_every_builtin(flag):
         assert resnet["families"] == ["resnet"] and resnet["hooks"] == ["zooadapt_families"]
     else:
         assert "torchvision" in result.stdout and "googlenet, inception_v3" in result.stdout
+
+
+def test_memory_prints_each_setting_and_the_largest_batch_in_a_budget():
+    result = run("memory", "resnet18", "--freeze", "none,backbone", "--input-size", "64")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and "none" in lines[0] and "backbone" in lines[1]
+
+    budget = run(
+        "memory",
+        "resnet18",
+        "--freeze",
+        "none,backbone",
+        "--input-size",
+        "64",
+        "--budget",
+        "1GiB",
+        "--json",
+    )
+    rows = json.loads(budget.stdout)
+    full, frozen = (row["max_batch_size"] for row in rows)
+    assert 0 < full < frozen
+    for row in rows:
+        per_batch = za.estimate_memory(
+            "resnet18",
+            batch_size=row["max_batch_size"],
+            input_size=64,
+            freeze=None if row["freeze"] == "none" else "backbone",
+        )
+        assert per_batch.total <= 2**30
+
+
+def test_memory_and_bench_reject_bad_input_in_one_line():
+    cases = [
+        (("memory", "resnet18", "--budget", "24 parsecs"), "24 parsecs"),
+        (("memory", "resnet18", "--batch-size", "0"), "batch_size"),
+        (("bench", "resnet18", "--device", "cuda"), "CUDA is not available"),
+        (("bench", "vit_b_16", "--input-size", "100"), "vit_b_16 cannot take 100x100"),
+    ]
+    for args, message in cases:
+        if args[-1] == "cuda" and torch.cuda.is_available():
+            continue
+        result = run(*args)
+        assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

@@ -22,3 +22,14 @@ def test_freezing_example_runs_and_prints_what_it_says(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "['head', 'head.no_decay']"
     assert lines[1].startswith("[('layer4', 0.0001)")
+
+
+def test_fit_speed_and_cache_examples_run():
+    section = README.split("## Will it fit", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile("import zooadapt as za\n" + block, "README.md", "exec"), namespace)
+    assert namespace["est"].total > namespace["est"].params > 0
+    assert namespace["cache"].num_samples == 12

@@ -7,6 +7,7 @@ Example:
 
 from zooadapt.adapt import adapt
 from zooadapt.anatomy import anatomy
+from zooadapt.benchmark import BenchResult, bench
 from zooadapt.checkpoint import read_state_dict
 from zooadapt.construct import build_on_meta
 from zooadapt.errors import (
@@ -21,10 +22,12 @@ from zooadapt.errors import (
     WeightsNotAvailableError,
     ZooAdaptError,
 )
+from zooadapt.features import FeatureCache, extract_features
 from zooadapt.freeze import freeze, freeze_state, load_freeze_state, unfreeze
 from zooadapt.hookspecs import hookimpl
 from zooadapt.loading import LoadReport, load_weights
 from zooadapt.manager import PluginManager, get_plugin_manager, make_plugin_manager
+from zooadapt.memory import MemoryEstimate, estimate_memory, max_batch_size, parse_bytes
 from zooadapt.names import list_models
 from zooadapt.optim import optimizer, param_groups
 from zooadapt.saving import load, save
@@ -40,12 +43,15 @@ __all__ = [
     "AdaptError",
     "AmbiguousFamilyError",
     "Anatomy",
+    "BenchResult",
     "CheckpointError",
     "Family",
     "FamilyNotFoundError",
+    "FeatureCache",
     "FineTuneSchedule",
     "FreezeError",
     "LoadReport",
+    "MemoryEstimate",
     "ModelNotFoundError",
     "PluginError",
     "PluginManager",
@@ -60,7 +66,10 @@ __all__ = [
     "__version__",
     "adapt",
     "anatomy",
+    "bench",
     "build_on_meta",
+    "estimate_memory",
+    "extract_features",
     "freeze",
     "freeze_state",
     "get_plugin_manager",
@@ -71,8 +80,10 @@ __all__ = [
     "load_training",
     "load_weights",
     "make_plugin_manager",
+    "max_batch_size",
     "optimizer",
     "param_groups",
+    "parse_bytes",
     "read_state_dict",
     "save",
     "save_training",

@@ -1,4 +1,4 @@
-"""The ``zooadapt`` command line: list models, inspect them, adapt them, list plugins."""
+"""The ``zooadapt`` command line: list, inspect, adapt, benchmark, estimate memory."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ EPILOG = """examples:
   zooadapt info resnet50
   zooadapt adapt resnet152 --num-classes 10 --in-chans 1 --pretrained none
   zooadapt plugins --json
+  zooadapt bench resnet50 --freeze none,last,backbone --batch-size 16 --input-size 128
+  zooadapt memory vit_b_16 --freeze none,backbone --batch-size 32 --budget 24GiB
 """
 
 
@@ -73,6 +75,85 @@ def _cmd_plugins(args: argparse.Namespace) -> None:
         print(f"{entry['name']:<14} FAILED: {entry['error']}")
 
 
+def _settings(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from zooadapt.benchmark import bench
+    from zooadapt.report import print_table, save_json, save_plot
+
+    results = bench(
+        args.models,
+        freeze=args.freeze,
+        batch_size=args.batch_size,
+        input_size=args.input_size,
+        device=args.device,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        optimizer=args.optimizer,
+        warmup=args.warmup,
+        steps=args.steps,
+    )
+    print_table(results)
+    if args.json:
+        save_json(results, args.json)
+    if args.plot:
+        save_plot(results, args.plot)
+
+
+def _cmd_memory(args: argparse.Namespace) -> None:
+    from zooadapt.benchmark import freeze_spec
+    from zooadapt.memory import estimate_memory, max_batch_size, parse_bytes
+
+    budget = parse_bytes(args.budget) if args.budget else None
+    rows = []
+    for name in args.models:
+        for setting in args.freeze:
+            options = {
+                "input_size": args.input_size,
+                "freeze": freeze_spec(setting),
+                "optimizer": args.optimizer,
+                "amp": args.amp,
+            }
+            estimate = estimate_memory(name, batch_size=args.batch_size, **options)
+            row = {**estimate.as_dict(), "model": name, "freeze": setting}
+            if budget is not None:
+                row["max_batch_size"] = max_batch_size(name, budget, **options)
+            rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        line = f"{row['model']:<24} {row['freeze']:<10} batch {args.batch_size}: " + "  ".join(
+            f"{k} {_gib(row[k])}" for k in _MEMORY_FIELDS
+        )
+        if budget is not None:
+            line += f"  | largest batch in {args.budget}: {row['max_batch_size']}"
+        print(line)
+
+
+_MEMORY_FIELDS = ("params", "grads", "optimizer_state", "activations", "total")
+
+
+def _gib(value: int) -> str:
+    return f"{value / 2**30:.2f}GiB" if value >= 2**30 else f"{value / 2**20:.1f}MiB"
+
+
+def _add_training_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    parser.add_argument("models", nargs="+", metavar="MODEL")
+    parser.add_argument(
+        "--freeze",
+        type=_settings,
+        default=["none", "last", "backbone"],
+        help="comma-separated: none, last (last stage + head), backbone, or group names",
+    )
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--optimizer", default="adamw")
+    parser.add_argument("--amp", choices=("bf16", "fp16"))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zooadapt",
@@ -104,6 +185,22 @@ def _parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="installed plugins and what they declare")
     plugins.add_argument("--json", action="store_true")
     plugins.set_defaults(run=_cmd_plugins)
+
+    benching = commands.add_parser("bench", help="time and memory of fine-tuning per freeze")
+    _add_training_options(benching, batch_size=32)
+    benching.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    benching.add_argument("--channels-last", action="store_true")
+    benching.add_argument("--warmup", type=int, default=3)
+    benching.add_argument("--steps", type=int, default=10, help="timed steps")
+    benching.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    benching.add_argument("--plot", metavar="FILE.png", help="also plot time and memory")
+    benching.set_defaults(run=_cmd_bench)
+
+    memory = commands.add_parser("memory", help="estimate fine-tuning memory, no GPU needed")
+    _add_training_options(memory, batch_size=32)
+    memory.add_argument("--budget", help="e.g. 24GiB: print the largest batch that fits")
+    memory.add_argument("--json", action="store_true", help="print JSON")
+    memory.set_defaults(run=_cmd_memory)
     return parser
 
 

@@ -1,0 +1,820 @@
+"""``estimate_memory``: will this fine-tune fit in N GiB? Answered without a GPU.
+
+:func:`estimate_memory` runs one training step (forward, mean-of-output loss, backward,
+optimizer step) of the model on the meta device, where tensors have shapes, dtypes and
+storages but no data, and counts, each storage once:
+
+- ``params``: every parameter and buffer of the model;
+- ``grads``: the gradients of the trainable parameters;
+- ``optimizer_state``: every tensor the optimizer holds after its first step;
+- ``activations``: the tensors autograd saves for backward (caught with
+  ``torch.autograd.graph.saved_tensors_hooks``), parameters and buffers not counted again.
+
+:func:`measure_step` does the same counting on any device with real tensors; the tests
+check that the meta estimate agrees with it on the CPU.
+
+Two things differ on the meta device and are emulated: PyTorch picks the unfused "math"
+attention there, which saves the full attention matrix, so ``scaled_dot_product_attention``
+is routed to a fused kernel's meta implementation (real devices use a fused kernel whenever
+they can); and autocast does nothing to meta tensors, so ``amp`` is emulated (see
+:func:`estimate_memory`).
+
+How the estimate relates to a real CUDA peak
+--------------------------------------------
+``total`` counts what has to be alive at the peak of a training step. A real
+``torch.cuda.max_memory_allocated()`` is usually somewhat higher, because:
+
+- the caching allocator rounds every block up to a multiple of 512 bytes, carves blocks
+  out of 2 MiB (small) or larger segments, and fragmentation leaves some of them unusable;
+- cuDNN and cuBLAS take workspaces (convolution algorithms can ask for hundreds of MiB);
+- operations allocate temporaries that they free before returning (im2col buffers, the
+  intermediates of a fused optimizer or of ``foreach`` updates, which can be as large as
+  the trainable parameters), and these are not saved for backward;
+- gradients and activations coexist at the backward peak: gradients appear as backward
+  frees the activations, and the gradient of the layer being processed is allocated
+  before that layer's saved tensors are released;
+- the optimizer state is allocated lazily at the first ``step()``, so the first step
+  may peak differently from later ones (from the second step on, state lives through
+  forward and backward);
+- dropout on CUDA saves a one-byte mask where the meta device (like the CPU) saves a
+  full-precision one, which makes the estimate err on the high side there.
+
+The CUDA context itself (about 300-500 MiB for the driver, kernels and libraries) is not
+in ``max_memory_allocated`` at all, but it is in what ``nvidia-smi`` shows and it does
+use the card. The input batch is counted only where it is saved for backward (when the
+first layer trains), and the targets and loss not at all; both are small. So expect
+``max_memory_allocated`` to land around the estimate and typically within ~15% above
+it, more for models with many parameters trained at small batch sizes (where the
+optimizer's temporaries weigh most), and leave headroom: plan for the estimate plus
+15-20% plus the context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zooadapt.adapt import adapt, adapted_from
+from zooadapt.errors import AdaptError, ZooAdaptError
+from zooadapt.freeze import FreezeSpec
+from zooadapt.freeze import freeze as freeze_model
+from zooadapt.optim import optimizer_class
+from zooadapt.wrappers import unwrap
+
+__all__ = [
+    "MemoryEstimate",
+    "StepMemory",
+    "estimate_memory",
+    "format_bytes",
+    "max_batch_size",
+    "measure_step",
+    "parse_bytes",
+]
+
+#: Half-precision dtype of each ``amp`` setting.
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_INPUT_SIZE = 224
+KIB, MIB, GIB = 2**10, 2**20, 2**30
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.IGNORECASE)
+
+Loss = Callable[[Any], torch.Tensor]
+Inputs = torch.Tensor | Sequence[torch.Tensor]
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """Bytes held by one training step, each storage counted once.
+
+    Attributes:
+        params: Every parameter and buffer of the model.
+        grads: Gradients of the trainable parameters.
+        optimizer_state: Every tensor the optimizer holds after the step.
+        activations: Tensors saved for backward, parameters and buffers not counted again.
+        transient: The largest input + output of any single layer in the forward: working
+            memory that exists while that layer runs even when nothing is saved (with a
+            frozen backbone it is most of what the batch costs).
+    """
+
+    params: int
+    grads: int
+    optimizer_state: int
+    activations: int
+    transient: int
+
+    @property
+    def total(self) -> int:
+        """``params + grads + optimizer_state + activations + transient``."""
+        return (
+            self.params + self.grads + self.optimizer_state + self.activations + self.transient
+        )
+
+    def fits(self, budget_bytes: int | str) -> bool:
+        """Whether ``total`` is at most ``budget_bytes`` (an int or a string like ``"24GiB"``)."""
+        return self.total <= parse_bytes(budget_bytes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for JSON, ``total`` included."""
+        return {**asdict(self), "total": self.total}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate(StepMemory):
+    """What :func:`estimate_memory` found, with what it was asked.
+
+    Attributes:
+        model: Registry name (or class name of a module argument).
+        batch_size: Samples per step.
+        input_size: ``(height, width)`` of the input.
+        in_chans: Input channels.
+        freeze: The freeze spec applied (``None``: nothing frozen beyond the model's own).
+        dtype: Dtype of the parameters (``"float32"``, ``"bfloat16"``).
+        amp: ``"bf16"`` or ``"fp16"`` autocast emulated for the activations, or ``None``.
+        optimizer: Optimizer class name.
+        trainable_params: Number of trainable parameter elements.
+        total_params: Number of parameter elements.
+    """
+
+    model: str
+    batch_size: int
+    input_size: tuple[int, int]
+    in_chans: int
+    freeze: FreezeSpec
+    dtype: str
+    amp: str | None
+    optimizer: str
+    trainable_params: int
+    total_params: int
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{label} {format_bytes(value)}" for label, value in self._rows())
+        return f"{self._setting()}: total {format_bytes(self.total)} ({parts})"
+
+    def table(self) -> str:
+        """A small table: one row per part and the total, in KiB, MiB or GiB."""
+        rows = [*self._rows(), ("total", self.total)]
+        lines = [self._setting()]
+        lines += [f"  {label:<16}{format_bytes(value):>12}" for label, value in rows]
+        return "\n".join(lines)
+
+    def _rows(self) -> list[tuple[str, int]]:
+        return [
+            ("params", self.params),
+            ("grads", self.grads),
+            ("optimizer state", self.optimizer_state),
+            ("activations", self.activations),
+            ("transient", self.transient),
+        ]
+
+    def _setting(self) -> str:
+        height, width = self.input_size
+        precision = f"{self.dtype} + {self.amp} autocast" if self.amp else self.dtype
+        return (
+            f"{self.model} batch {self.batch_size} at {self.in_chans}x{height}x{width}, "
+            f"freeze={self.freeze!r}, {self.optimizer}, {precision}, "
+            f"{self.trainable_params:,}/{self.total_params:,} params trainable"
+        )
+
+
+def format_bytes(value: int) -> str:
+    """``"1.50 GiB"`` from 1 GiB up, ``"12.3 MiB"`` from 1 MiB up, else ``"80.0 KiB"``."""
+    if abs(value) >= GIB:
+        return f"{value / GIB:.2f} GiB"
+    if abs(value) >= MIB:
+        return f"{value / MIB:.1f} MiB"
+    return f"{value / KIB:.1f} KiB"
+
+
+def parse_bytes(text: str | int) -> int:
+    """Bytes in a size such as ``"24GiB"``, ``"1.5 GB"``, ``"512MiB"`` or ``"1000"``.
+
+    Units are case-insensitive: B, KB, MB, GB, TB (powers of 1000) and KiB, MiB, GiB, TiB
+    (powers of 1024); no unit means bytes. Fractions of a byte are rounded down.
+
+    Raises:
+        AdaptError: If ``text`` is no such size.
+    """
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return text
+    match = _SIZE.fullmatch(text) if isinstance(text, str) else None
+    if match is None or match.group(2).lower() not in _UNITS:
+        raise AdaptError(
+            f"cannot read {text!r} as a size in bytes; write a non-negative number with an "
+            "optional unit: B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB "
+            "(powers of 1024), e.g. '24GiB' or '1.5 GB'"
+        )
+    return int(Fraction(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+# -- measuring one step on any device ----------------------------------------------------------
+
+
+def measure_step(
+    model: nn.Module,
+    inputs: Inputs,
+    optimizer: torch.optim.Optimizer | None,
+    *,
+    loss: Loss | None = None,
+) -> StepMemory:
+    """Run one training step of ``model`` and count the bytes it holds, on any device.
+
+    Forward (``model(inputs)``, or ``model(*inputs)`` for a sequence), ``loss``, backward,
+    ``optimizer.step()``, then the gradients are set to ``None``. The weights and the
+    optimizer state change as in any step; the module's train/eval mode is left as it is.
+    On the meta device attention runs as a fused kernel (see the module documentation).
+
+    Args:
+        model: The model, in the mode it should be measured in (normally training).
+        inputs: A batch on the model's device, or a sequence of positional inputs.
+        optimizer: The optimizer over the model's trainable parameters, or ``None``.
+        loss: Maps the model's output to a scalar; the default sums the mean of every
+            tensor output (tuples and lists of outputs such as aux heads included).
+
+    Returns:
+        The bytes of parameters and buffers, gradients, optimizer state and tensors saved
+        for backward, each storage counted once.
+    """
+    activations, transient = _forward_backward(model, inputs, loss)
+    grads = _grad_bytes(model)
+    if optimizer is not None and grads:
+        optimizer.step()
+    state = _state_bytes(optimizer) if optimizer is not None else 0
+    model.zero_grad(set_to_none=True)
+    params = _storage_bytes(_own_tensors(model))
+    return StepMemory(params, grads, state, activations, transient)
+
+
+class _LargestLayer:
+    """Forward hook on every leaf module: the largest input + output bytes seen."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def __call__(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        if next(module.children(), None) is None:
+            size = _storage_bytes([*_tensors_in(inputs), *_tensors_in(output)])
+            self.bytes = max(self.bytes, size)
+
+
+def _forward_backward(
+    model: nn.Module, inputs: Inputs, loss: Loss | None = None, *, weight_copies: bool = False
+) -> tuple[int, int]:
+    """Forward and backward once; bytes saved for backward and of the largest layer's I/O.
+
+    Args:
+        model: The model.
+        inputs: A batch, or a sequence of positional inputs.
+        loss: As in :func:`measure_step`.
+        weight_copies: Also count saved parameters with two or more dimensions (the
+            convolution and linear weights, of which autocast saves low-precision copies).
+    """
+    batch = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    counter, largest = _SavedTensors(model, weight_copies), _LargestLayer()
+    hook = nn.modules.module.register_module_forward_hook(largest)
+    try:
+        with _fused_attention_on_meta(batch), torch.enable_grad():
+            with torch.autograd.graph.saved_tensors_hooks(counter.pack, _unpack):
+                value = (loss or _mean_loss)(model(*batch))
+            saved = counter.bytes()
+            del counter
+            if value.requires_grad:
+                value.backward()
+    finally:
+        hook.remove()
+    return saved, largest.bytes
+
+
+def _mean_loss(output: Any) -> torch.Tensor:
+    """Sum of the means of every floating-point tensor in ``output`` (tuples, lists, dicts)."""
+    tensors = [t for t in _tensors_in(output) if t.is_floating_point()]
+    if not tensors:
+        raise AdaptError(f"the model returned no floating-point tensor: {type(output).__name__}")
+    return sum((t.float().mean() for t in tensors[1:]), tensors[0].float().mean())
+
+
+def _grad_bytes(model: nn.Module) -> int:
+    """Bytes of the gradients the model's parameters hold."""
+    return _storage_bytes(p.grad for p in model.parameters() if p.grad is not None)
+
+
+def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of every tensor in ``optimizer.state``, each storage once."""
+    return _storage_bytes(_tensors_in(list(optimizer.state.values())))
+
+
+def _storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the storages behind ``tensors``, each storage counted once (views share)."""
+    return sum(dict(_storage_of(t) for t in tensors).values())
+
+
+def _storage_of(tensor: torch.Tensor) -> tuple[int, int]:
+    """Identity and bytes of the storage behind ``tensor`` (of the tensor, if it has none).
+
+    ``data_ptr()`` is 0 on the meta device; the storage object's address tells storages
+    apart there too, and views share it.
+    """
+    try:
+        storage = tensor.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # sparse and other storage-less layouts
+        return id(tensor), tensor.element_size() * tensor.numel()
+    return storage._cdata, storage.nbytes()
+
+
+def _own_tensors(model: nn.Module) -> Iterator[torch.Tensor]:
+    return itertools.chain(model.parameters(), model.buffers())
+
+
+def _tensors_in(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _tensors_in(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors_in(item)
+
+
+def _unpack(saved: torch.Tensor) -> torch.Tensor:
+    return saved
+
+
+class _SavedTensors:
+    """Pack hook that records every storage autograd saves, except the model's own.
+
+    The tensors are held until counted, so that no storage address is reused in between.
+    """
+
+    def __init__(self, model: nn.Module, weight_copies: bool) -> None:
+        copies = [p for p in model.parameters() if p.ndim >= 2] if weight_copies else []
+        keep = {_storage_of(t)[0] for t in copies}
+        self.skip = {_storage_of(t)[0] for t in _own_tensors(model)} - keep
+        self.found: dict[int, tuple[torch.Tensor, int]] = {}
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        key, size = _storage_of(tensor)
+        if key not in self.skip:
+            self.found.setdefault(key, (tensor, size))
+        return tensor
+
+    def bytes(self) -> int:
+        return sum(size for _, size in self.found.values())
+
+
+# -- attention on the meta device ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _fused_attention() -> Iterator[None]:
+    """Run ``F.scaled_dot_product_attention`` on meta tensors as a fused kernel would.
+
+    On meta PyTorch picks the math implementation, which saves the (length x length)
+    attention matrix; flash attention (the CPU kernel's meta function, which also stands in
+    for CUDA's flash and memory-efficient kernels) saves only the inputs, the output and
+    the log-sum-exp. Not thread-safe: it replaces the attribute of ``torch.nn.functional``
+    (which ``nn.MultiheadAttention`` and timm look up at each call) while it is active.
+    """
+    original = F.scaled_dot_product_attention
+
+    def attention(*args: Any, **kwargs: Any) -> torch.Tensor:
+        fused = _flash_attention(*args, **kwargs)
+        return original(*args, **kwargs) if fused is None else fused
+
+    F.scaled_dot_product_attention = attention  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def _flash_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor | None:
+    """The fused kernel's output, or ``None`` where it does not apply."""
+    tensors = (query, key, value)
+    same_heads = query.shape[:2] == key.shape[:2] == value.shape[:2]
+    if not all(t.is_meta and t.ndim == 4 for t in tensors) or not same_heads:
+        return None
+    if query.shape[-1] != value.shape[-1]:
+        return None
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    output, _ = flash(query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)
+    return output
+
+
+def _fused_attention_on_meta(batch: Sequence[Any]) -> contextlib.AbstractContextManager[Any]:
+    on_meta = any(isinstance(t, torch.Tensor) and t.is_meta for t in batch)
+    return _fused_attention() if on_meta else contextlib.nullcontext()
+
+
+# -- the estimate ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """A model prepared on the meta device, and how to train it."""
+
+    name: str
+    model: nn.Module
+    low_precision: nn.Module | None  # the amp stand-in that activations are counted on
+    input_size: tuple[int, int]
+    in_chans: int
+    freeze: FreezeSpec
+    amp: str | None
+    optimizer: type[torch.optim.Optimizer]
+    optimizer_kwargs: dict[str, Any]
+
+
+def estimate_memory(
+    model_or_name: str | nn.Module,
+    *,
+    batch_size: int,
+    input_size: int | tuple[int, int] | None = None,
+    freeze: FreezeSpec = None,
+    optimizer: str | type[torch.optim.Optimizer] = "adamw",
+    optimizer_kwargs: Mapping[str, Any] | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    dtype: torch.dtype | None = None,
+    amp: str | None = None,
+    **model_kwargs: Any,
+) -> MemoryEstimate:
+    """Estimate the memory of fine-tuning a model, without a GPU and without allocating it.
+
+    One training step runs on the meta device (see the module documentation for what is
+    counted and how it relates to a real CUDA peak).
+
+    Args:
+        model_or_name: A registry name (``"resnet50"``, ``"timm/convnext_tiny"``), built
+            with random weights on meta, or a module, deep-copied to meta (never changed).
+        batch_size: Samples per step.
+        input_size: Side or ``(height, width)`` of the input. ``None`` takes timm's
+            ``pretrained_cfg["input_size"]`` when the model has one, else 224.
+        freeze: Freeze spec as for :func:`zooadapt.freeze` (BatchNorm frozen too):
+            ``"backbone"``, a group name, an int or a list. ``None`` freezes nothing (a
+            module argument keeps its own ``requires_grad`` flags).
+        optimizer: A ``torch.optim`` class or its name, case-insensitive.
+        optimizer_kwargs: Passed to the optimizer (``{"momentum": 0.9}`` gives SGD a
+            momentum buffer); ``lr`` defaults to 1e-3.
+        num_classes: Outputs of the head, as for :func:`zooadapt.adapt`.
+        in_chans: Input channels, as for :func:`zooadapt.adapt`; ``None`` takes the
+            model's (those of its first convolution, else 3).
+        dtype: Train entirely in this dtype (e.g. ``torch.bfloat16``): parameters,
+            gradients, optimizer state and activations.
+        amp: ``"bf16"`` or ``"fp16"``: mixed precision. Parameters, gradients and optimizer
+            state stay float32; activations are counted on a half-precision copy of the
+            model, plus the half-precision copies autocast makes of every saved weight
+            with two or more dimensions. This approximates autocast, which keeps some
+            operations (normalisation, softmax, losses) in float32.
+        **model_kwargs: Passed to the zoo's builder (a name only).
+
+    Returns:
+        The estimate; ``estimate.total`` is the sum, ``estimate.fits("24GiB")`` compares.
+
+    Raises:
+        AdaptError: For a bad batch size, input size, dtype or amp, an input the model
+            cannot take (naming the model, the size and the model's complaint), or an
+            optimizer that cannot step.
+        FreezeError: For an unknown optimizer or freeze group, as :func:`zooadapt.optimizer`
+            and :func:`zooadapt.freeze` raise them.
+    """
+    _check_batch_size(batch_size)
+    setup = _prepare(
+        model_or_name,
+        input_size=input_size,
+        freeze=freeze,
+        optimizer=optimizer,
+        optimizer_kwargs=optimizer_kwargs,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        dtype=dtype,
+        amp=amp,
+        model_kwargs=model_kwargs,
+    )
+    return _estimate(setup, batch_size)
+
+
+def max_batch_size(
+    model_or_name: str | nn.Module,
+    budget: int | str,
+    *,
+    input_size: int | tuple[int, int] | None = None,
+    freeze: FreezeSpec = None,
+    optimizer: str | type[torch.optim.Optimizer] = "adamw",
+    optimizer_kwargs: Mapping[str, Any] | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    dtype: torch.dtype | None = None,
+    amp: str | None = None,
+    **model_kwargs: Any,
+) -> int:
+    """The largest batch size whose estimated ``total`` fits in ``budget``; 0 if none does.
+
+    Memory is affine in the batch size, so it is estimated at batch 2 and 4 (batch 1 can
+    fail where BatchNorm sees one value per channel), extrapolated, and checked with one
+    more estimate at the answer. Should that not fit, the answer is lowered by the excess
+    and then raised one by one while the next batch size fits. Batch 1 is only estimated
+    when batch 2 does not fit.
+
+    Args:
+        model_or_name: As for :func:`estimate_memory`.
+        budget: Bytes, or a size string such as ``"24GiB"`` (see :func:`parse_bytes`).
+        input_size: As for :func:`estimate_memory`.
+        freeze: As for :func:`estimate_memory`.
+        optimizer: As for :func:`estimate_memory`.
+        optimizer_kwargs: As for :func:`estimate_memory`.
+        num_classes: As for :func:`estimate_memory`.
+        in_chans: As for :func:`estimate_memory`.
+        dtype: As for :func:`estimate_memory`.
+        amp: As for :func:`estimate_memory`.
+        **model_kwargs: As for :func:`estimate_memory`.
+
+    Raises:
+        AdaptError: As :func:`estimate_memory`, for a bad budget, or if memory does not
+            grow with the batch size (nothing is trained, so any batch size fits).
+    """
+    limit = parse_bytes(budget)
+    setup = _prepare(
+        model_or_name,
+        input_size=input_size,
+        freeze=freeze,
+        optimizer=optimizer,
+        optimizer_kwargs=optimizer_kwargs,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        dtype=dtype,
+        amp=amp,
+        model_kwargs=model_kwargs,
+    )
+
+    def total(batch: int) -> int:
+        return _estimate(setup, batch).total
+
+    two = total(2)
+    if two > limit:
+        return 1 if total(1) <= limit else 0
+    per_sample = Fraction(total(4) - two, 2)
+    if per_sample <= 0:
+        raise AdaptError(
+            f"memory of {setup.name} does not grow with the batch size (nothing is saved for "
+            "backward), so every batch size fits; check the freeze spec"
+        )
+    answer = 2 + math.floor((limit - two) / per_sample)
+    too_large = None  # the smallest batch size seen not to fit
+    while answer > 2 and (excess := total(answer) - limit) > 0:
+        too_large, answer = answer, max(2, answer - math.ceil(excess / per_sample))
+    while too_large is not None and answer + 1 < too_large and total(answer + 1) <= limit:
+        answer += 1
+    return answer
+
+
+def _check_batch_size(batch_size: object) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise AdaptError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def _prepare(
+    model_or_name: str | nn.Module,
+    *,
+    input_size: int | tuple[int, int] | None,
+    freeze: FreezeSpec,
+    optimizer: str | type[torch.optim.Optimizer],
+    optimizer_kwargs: Mapping[str, Any] | None,
+    num_classes: int | None,
+    in_chans: int | None,
+    dtype: torch.dtype | None,
+    amp: str | None,
+    model_kwargs: dict[str, Any],
+) -> _Setup:
+    """Check the arguments, then build the model on meta, frozen and in training mode."""
+    cls = optimizer_class(optimizer)  # an unknown name fails before any model is built
+    _check_precision(dtype, amp)
+    size = _check_input_size(input_size)
+    name, model = _meta_model(model_or_name, num_classes, in_chans, model_kwargs)
+    model.train()
+    if freeze is not None:
+        freeze_model(model, freeze)
+    if dtype is not None:
+        model.to(dtype)
+    low = copy.deepcopy(model).to(AMP[amp]) if amp else None
+    return _Setup(
+        name,
+        model,
+        low,
+        size or _default_input_size(model),
+        in_chans or _input_channels(model),
+        tuple(freeze) if isinstance(freeze, list) else freeze,
+        amp,
+        cls,
+        {"lr": 1e-3, **(optimizer_kwargs or {})},
+    )
+
+
+def _check_precision(dtype: torch.dtype | None, amp: str | None) -> None:
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise AdaptError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    if amp is not None and amp not in AMP:
+        raise AdaptError(f"amp must be one of {sorted(AMP)} or None, got {amp!r}")
+    if amp is not None and dtype not in (None, torch.float32):
+        raise AdaptError(
+            f"amp={amp!r} keeps float32 parameters; it cannot be combined with dtype={dtype}"
+        )
+
+
+def _check_input_size(size: object) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else size
+    if (
+        isinstance(pair, (tuple, list))
+        and len(pair) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair)
+    ):
+        return (pair[0], pair[1])
+    raise AdaptError(f"input_size must be a positive int or (height, width), got {size!r}")
+
+
+def _meta_model(
+    model_or_name: str | nn.Module,
+    num_classes: int | None,
+    in_chans: int | None,
+    model_kwargs: dict[str, Any],
+) -> tuple[str, nn.Module]:
+    """The model on meta and its name; a module argument is copied, never changed."""
+    if not isinstance(model_or_name, nn.Module):
+        model = adapt(
+            model_or_name,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            pretrained=False,
+            device="meta",
+            **model_kwargs,
+        )
+        return str(model_or_name), model
+    if model_kwargs:
+        raise AdaptError(f"model keyword arguments {sorted(model_kwargs)} need a model name")
+    source = unwrap(model_or_name)
+    origin = adapted_from(source)
+    model = _meta_copy(source)
+    if num_classes is not None or in_chans is not None:
+        adapt(model, num_classes=num_classes, in_chans=in_chans)
+    return (origin["model"] if origin else type(source).__name__), model
+
+
+def _meta_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with every parameter and buffer on the meta device.
+
+    No data is copied: the copy allocates nothing, whatever the size of the model.
+    ``requires_grad`` flags, hooks and modes are kept; ``module`` is not touched.
+    """
+    memo: dict[int, Any] = {}
+    for param in module.parameters():
+        memo[id(param)] = nn.Parameter(param.detach().to("meta"), param.requires_grad)
+    for buffer in module.buffers():
+        memo[id(buffer)] = buffer.detach().to("meta")
+    return copy.deepcopy(module, memo)
+
+
+def _default_input_size(model: nn.Module) -> tuple[int, int]:
+    config = getattr(model, "pretrained_cfg", None) or {}
+    size = config.get("input_size") if isinstance(config, Mapping) else None
+    if isinstance(size, (tuple, list)) and len(size) == 3:
+        return (int(size[1]), int(size[2]))
+    return (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE)
+
+
+def _input_channels(model: nn.Module) -> int:
+    """Input channels of the first convolution (the stem of a vision model), else 3."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return 3
+
+
+def _estimate(setup: _Setup, batch_size: int) -> MemoryEstimate:
+    """One training step of the prepared model on meta, counted."""
+    model = setup.model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    dtype = next(itertools.chain(model.parameters(), [torch.empty(0)])).dtype
+    activations, transient = _run_forward_backward(setup, model, batch_size, dtype)
+    grads = _grad_bytes(model)
+    state = _optimizer_state(setup, trainable)
+    model.zero_grad(set_to_none=True)
+    if setup.low_precision is not None and setup.amp is not None:
+        half = AMP[setup.amp]
+        activations, transient = _run_forward_backward(
+            setup, setup.low_precision, batch_size, half, weight_copies=True, backward=False
+        )
+    return MemoryEstimate(
+        params=_storage_bytes(_own_tensors(model)),
+        grads=grads,
+        optimizer_state=state,
+        activations=activations,
+        transient=transient,
+        model=setup.name,
+        batch_size=batch_size,
+        input_size=setup.input_size,
+        in_chans=setup.in_chans,
+        freeze=setup.freeze,
+        dtype=str(dtype).removeprefix("torch."),
+        amp=setup.amp,
+        optimizer=setup.optimizer.__name__,
+        trainable_params=sum(p.numel() for p in trainable),
+        total_params=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def _run_forward_backward(
+    setup: _Setup,
+    model: nn.Module,
+    batch_size: int,
+    dtype: torch.dtype,
+    *,
+    weight_copies: bool = False,
+    backward: bool = True,
+) -> tuple[int, int]:
+    """Saved and largest-layer bytes of one forward (and backward) on meta, clear errors."""
+    height, width = setup.input_size
+    shape = (batch_size, setup.in_chans, height, width)
+    batch = torch.empty(shape, dtype=dtype, device="meta")
+    loss = _mean_loss if backward else _no_backward
+    try:
+        return _forward_backward(model, batch, loss, weight_copies=weight_copies)
+    except ZooAdaptError:
+        raise
+    except Exception as err:
+        raise AdaptError(
+            f"{setup.name} cannot train on inputs of shape {tuple(shape)} (input_size "
+            f"{height}x{width}, {setup.in_chans} channels): {type(err).__name__}: {err}; "
+            "choose another input_size or batch_size"
+        ) from err
+
+
+def _no_backward(output: Any) -> torch.Tensor:
+    """A loss that does not require grad, so that only the forward runs."""
+    return _mean_loss(output).detach()
+
+
+def _optimizer_state(setup: _Setup, trainable: list[nn.Parameter]) -> int:
+    """Bytes of the optimizer state after one step over the trainable parameters.
+
+    Optimizers whose step reads values (``.item()``), which meta tensors do not have, are
+    stepped instead on a CPU stand-in of one parameter at a time (one per shape and dtype).
+    """
+    if not trainable:
+        return 0
+    try:
+        opt = setup.optimizer(trainable, **setup.optimizer_kwargs)
+        opt.step()
+        return _state_bytes(opt)
+    except Exception as err:  # noqa: BLE001 - retry with values, then report
+        if "meta" not in str(err):
+            raise _optimizer_error(setup, err) from err
+    try:
+        return sum(_state_on_cpu(setup, p.shape, p.dtype) for p in trainable)
+    except Exception as err:  # noqa: BLE001 - the optimizer cannot step at all
+        raise _optimizer_error(setup, err) from err
+
+
+_CPU_STATE: dict[tuple[Any, ...], int] = {}
+
+
+def _state_on_cpu(setup: _Setup, shape: torch.Size, dtype: torch.dtype) -> int:
+    kwargs = tuple(sorted((k, repr(v)) for k, v in setup.optimizer_kwargs.items()))
+    key = (setup.optimizer, kwargs, tuple(shape), dtype)
+    if key not in _CPU_STATE:
+        stand_in = nn.Parameter(torch.zeros(shape, dtype=dtype))
+        stand_in.grad = torch.zeros_like(stand_in)
+        opt = setup.optimizer([stand_in], **setup.optimizer_kwargs)
+        opt.step()
+        _CPU_STATE[key] = _state_bytes(opt)
+    return _CPU_STATE[key]
+
+
+def _optimizer_error(setup: _Setup, err: BaseException) -> AdaptError:
+    return AdaptError(
+        f"optimizer {setup.optimizer.__name__} cannot step on {setup.name} "
+        f"(kwargs {setup.optimizer_kwargs}): {type(err).__name__}: {err}"
+    )
