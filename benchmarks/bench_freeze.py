@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 import zooadapt as za
+from zooadapt.memory import measure_step
 
 
 def parse_args() -> argparse.Namespace:
@@ -83,21 +84,9 @@ def inference_step(model: nn.Module, x) -> Callable[[], None]:
 
 
 def saved_bytes(model: nn.Module, x, y) -> int:
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x)
-        out = out[0] if isinstance(out, tuple) else out
-        nn.functional.cross_entropy(out, y).backward()
-    model.zero_grad(set_to_none=True)
-    return sum(seen.values())
+    """Bytes saved for backward in one step, each storage once, parameters excluded."""
+    loss = lambda out: nn.functional.cross_entropy(out[0] if isinstance(out, tuple) else out, y)  # noqa: E731
+    return measure_step(model, x, None, loss=loss).activations
 
 
 def frozen_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import zooadapt as za
+from zooadapt.memory import measure_step
 
 RESNET_GROUPS = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
 
@@ -287,18 +288,7 @@ def test_train_policy_keeps_norm_affine_trainable_and_updating(resnet):
 
 def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     """Bytes of the tensors autograd saves for backward, each storage once, params excluded."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x).sum().backward()
-    return sum(seen.values())
+    return measure_step(model, x, None).activations
 
 
 def test_frozen_backbone_saves_almost_no_activations(resnet):
@@ -466,3 +456,29 @@ def test_schedule_lr_by_group_name(resnet):
     ]
     with pytest.raises(za.FreezeError, match="no milestones"):
         za.FineTuneSchedule(resnet, opt, {1: "layer4"}, lr={1: 1e-4, 7: 1e-5})
+
+
+# --- frozen blocks run in eval mode ---------------------------------------------------------
+
+
+def test_frozen_blocks_run_in_eval_mode_after_train_and_unfreeze_releases_them():
+    torch.manual_seed(0)
+    model = za.adapt(
+        "timm/vit_tiny_patch16_224", num_classes=3, pretrained=False, proj_drop_rate=0.5
+    )
+    x = torch.rand(1, 3, 224, 224)
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(model(x), model(x)), "dropout in the blocks is active"
+    za.freeze(model)
+    model.train()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x)), "frozen blocks run without dropout"
+    assert not model.blocks[0].attn.proj_drop.training and model.head.training
+
+    za.unfreeze(model, "blocks.11")
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(model(x), model(x)), "the unfrozen block has dropout again"
+    assert model.blocks[11].attn.proj_drop.training
+    assert not model.blocks[10].attn.proj_drop.training

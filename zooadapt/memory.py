@@ -120,9 +120,7 @@ class StepMemory:
     @property
     def total(self) -> int:
         """``params + grads + optimizer_state + activations + transient``."""
-        return (
-            self.params + self.grads + self.optimizer_state + self.activations + self.transient
-        )
+        return self.params + self.grads + self.optimizer_state + self.activations + self.transient
 
     def fits(self, budget_bytes: int | str) -> bool:
         """Whether ``total`` is at most ``budget_bytes`` (an int or a string like ``"24GiB"``)."""
