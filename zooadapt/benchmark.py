@@ -54,7 +54,9 @@ class BenchResult:
         accounted_bytes: Parameters + gradients + optimizer state + tensors saved for
             backward, each storage once (measured in one extra step).
         training_bytes: What training adds to holding the weights: gradients + optimizer
-            state + saved tensors.
+            state + saved tensors + the largest layer's working memory.
+        saved_bytes: Tensors saved for backward, each storage once.
+        transient_bytes: The largest input + output of any single layer in the forward.
         peak_bytes: CUDA ``max_memory_allocated`` over the case (reset per case); ``None``
             on the CPU.
         peak_rss_bytes: Peak resident memory of the process so far (never reset).
@@ -75,6 +77,8 @@ class BenchResult:
     optimizer_state_bytes: int = 0
     accounted_bytes: int = 0
     training_bytes: int = 0
+    saved_bytes: int = 0
+    transient_bytes: int = 0
     peak_bytes: int | None = None
     peak_rss_bytes: int = 0
     error: str = ""
@@ -255,6 +259,8 @@ def _run_case(
         optimizer_state_bytes=accounted.optimizer_state,
         accounted_bytes=accounted.total,
         training_bytes=accounted.total - accounted.params,
+        saved_bytes=accounted.activations,
+        transient_bytes=accounted.transient,
         peak_bytes=peak,
         peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     )
