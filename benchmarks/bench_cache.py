@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import platform
 import statistics
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _machine import cpu_name
 from torch import nn
 
 import zooadapt as za
@@ -129,20 +129,11 @@ def max_difference(a: nn.Module, b: nn.Module) -> float:
     return max(float((pa - pb).abs().max()) for pa, pb in pairs)
 
 
-def cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.machine()
-
-
 def machine(device: torch.device) -> str:
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     return (
         f"{platform.platform()}, Python {platform.python_version()}, {cpu_name()}, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads{gpu}"
     )
 

@@ -10,12 +10,11 @@ the machine and the Markdown table for ``benchmarks/README.md`` and saves JSON a
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 from pathlib import Path
 
 import timm
 import torch
+from _machine import cpu_name
 
 import zooadapt as za
 from zooadapt.report import markdown_table, save_json, save_plot
@@ -41,12 +40,7 @@ def parse_args() -> argparse.Namespace:
 def machine(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        name = next(line.split(":", 1)[1].strip() for line in lines if "model name" in line)
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"{name}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:

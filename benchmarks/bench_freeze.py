@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+from _machine import cpu_name
 from torch import nn
 
 import zooadapt as za
@@ -151,15 +149,6 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         param.requires_grad = True
     result["saved"]["full"] = saved_bytes(full, x, y)
     return result
-
-
-def cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return f"{names[0] if names else platform.machine()}, {os.cpu_count()} CPUs"
 
 
 def main() -> None:
