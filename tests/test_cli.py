@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 import zooadapt as za
+from zooadapt.saving import read_metadata
 
 #: The script installed beside this interpreter (the venv's), else the one on PATH.
 BESIDE = Path(sys.executable).with_name("zooadapt")
@@ -21,6 +22,21 @@ EXE = str(BESIDE) if BESIDE.exists() else shutil.which("zooadapt")
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     assert EXE, "the zooadapt console script is installed by `pip install -e .`"
     return subprocess.run([EXE, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], message: str) -> None:
+    """The command failed with exactly one ``zooadapt: error:`` line containing ``message``."""
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.startswith("zooadapt: error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_help_shows_an_example_of_every_command():
+    result = run("--help")
+    assert result.returncode == 0, result.stderr
+    for command in ("list", "info", "adapt", "weights", "plugins", "bench", "memory"):
+        assert f"\n    {command} " in result.stdout, command  # listed with its help line
+        assert f"\n  zooadapt {command} " in result.stdout, command  # and an example
 
 
 def test_adapt_prints_the_summary():
@@ -46,25 +62,158 @@ def test_list_counts_and_filters():
     assert "2 models" in result.stderr
 
 
-def test_info_shows_family_head_stem_and_groups():
-    result = run("info", "densenet121")
+def test_list_restricts_to_one_zoo_and_rejects_unknown_zoos():
+    result = run("list", "--zoo", "torchvision", "--json")
+    assert result.returncode == 0, result.stderr
+    names = json.loads(result.stdout)
+    assert len(names) == 80 and all(name.startswith("torchvision/") for name in names)
+    assert "80 models" in result.stderr
+
+    one_error_line(run("list", "--zoo", "nope"), "unknown zoo 'nope'; zoos: torchvision, timm")
+
+
+def test_info_shows_family_head_stem_groups_and_weights():
+    result = run("info", "densenet121", "--freeze", "last")
     assert result.returncode == 0, result.stderr
     assert "family 'densenet'" in result.stdout and "stem: features.conv0" in result.stdout
-    assert "block4" in result.stdout
+    flags = {line.split()[0]: line.split()[-1] for line in result.stdout.splitlines()[4:10]}
+    assert flags == {f"block{i}": "no" for i in (1, 2, 3)} | {
+        "stem": "no",
+        "block4": "yes",
+        "head": "yes",
+    }
+    assert "* IMAGENET1K_V1" in result.stdout and "densenet121-a639ec97.pth" in result.stdout
 
 
-@pytest.mark.parametrize("flag", [[], ["--json"]])
-def test_plugins_lists_every_builtin(flag):
-    result = run("plugins", *flag)
+def test_info_json_applies_classes_and_freeze_and_lists_weights():
+    result = run("info", "mobilenet_v2", "--num-classes", "3", "--freeze", "backbone", "--json")
     assert result.returncode == 0, result.stderr
-    if flag:
-        data = json.loads(result.stdout)
-        names = {p["name"] for p in data["plugins"]}
-        assert {"torchvision", "resnet", "generic"} <= names and data["failed"] == []
-        resnet = next(p for p in data["plugins"] if p["name"] == "resnet")
-        assert resnet["families"] == ["resnet"] and resnet["hooks"] == ["zooadapt_families"]
-    else:
-        assert "torchvision" in result.stdout and "googlenet, inception_v3" in result.stdout
+    info = json.loads(result.stdout)
+    assert (info["model"], info["family"], info["plugin"]) == (
+        "torchvision/mobilenet_v2",
+        "mobilenet_v2",
+        "mobilenet",
+    )
+    assert info["head"] == ["classifier.1"] and info["stems"] == ["features.0.0"]
+    groups = {group["name"]: group for group in info["groups"]}
+    assert list(groups)[-1] == "head" and groups["head"]["parameters"] == 1280 * 3 + 3
+    assert {name: g["trainable"] for name, g in groups.items()} == {
+        name: "yes" if name == "head" else "no" for name in groups
+    }
+    assert info["trainable_parameters"] == 1280 * 3 + 3 < info["parameters"]
+    weights = {w["tag"]: w for w in info["weights"]}
+    v1 = weights["IMAGENET1K_V1"]
+    assert Path(v1["file"]).name == "mobilenet_v2-b0353104.pth" and v1["sha256"] == "b0353104"
+    assert v1["url"].endswith("/mobilenet_v2-b0353104.pth") and isinstance(v1["cached"], bool)
+    assert [tag for tag, w in weights.items() if w["default"]] == ["IMAGENET1K_V2"]
+
+
+def test_adapt_out_writes_a_checkpoint_that_za_load_rebuilds(tmp_path: Path):
+    out = tmp_path / "ckpt" / "resnet18-3.safetensors"
+    result = run(
+        "adapt", "resnet18", "--num-classes", "3", "--in-chans", "1", "--pretrained", "none",
+        "--freeze", "backbone", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"saved {out}"
+    head = next(line for line in result.stdout.splitlines() if line.startswith("head "))
+    assert head.split()[1:] == ["1,539", "1,539", "0"]  # only the head is trainable
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary file left
+
+    metadata = read_metadata(out)
+    assert (metadata["model"], metadata["num_classes"], metadata["in_chans"]) == (
+        "torchvision/resnet18",
+        3,
+        1,
+    )
+    model = za.load(out)
+    assert model.fc.out_features == 3 and model.conv1.weight.shape == (64, 1, 7, 7)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out))
+    state = model.state_dict()
+    assert saved.keys() == state.keys()
+    assert all(torch.equal(saved[k], state[k]) for k in saved)
+
+
+def test_adapt_out_must_be_safetensors(tmp_path: Path):
+    out = tmp_path / "resnet18.pt"
+    result = run("adapt", "resnet18", "--pretrained", "none", "--out", str(out))
+    one_error_line(result, f"--out {out}: the file name must end in .safetensors")
+    assert not out.exists()
+
+
+def test_weights_json_says_where_each_torchvision_file_goes(tmp_path: Path, real_mobilenet_file):
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / real_mobilenet_file.name).symlink_to(real_mobilenet_file)
+    result = run(
+        "weights", "mobilenet_v2", "--json", env={**os.environ, "TORCH_HOME": str(tmp_path)}
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["model"] == "torchvision/mobilenet_v2"
+    weights = {w["tag"]: w for w in data["weights"]}
+    assert set(weights) == {"IMAGENET1K_V1", "IMAGENET1K_V2"}
+    v1, v2 = weights["IMAGENET1K_V1"], weights["IMAGENET1K_V2"]
+    assert v1["file"] == str(checkpoints / "mobilenet_v2-b0353104.pth") and v1["cached"]
+    assert v2["file"] == str(checkpoints / "mobilenet_v2-7ebf99e0.pth") and not v2["cached"]
+    assert v1["url"] == "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"
+    assert (v1["sha256"], v1["default"], v2["default"]) == ("b0353104", False, True)
+
+
+def test_weights_of_a_timm_model_name_the_hub_repo_and_how_to_go_offline():
+    result = run("weights", "timm/resnet18")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "* a1_in1k" in out and "Hugging Face Hub repo timm/resnet18.a1_in1k" in out
+    assert "https://huggingface.co/timm/resnet18.a1_in1k/resolve/main/model.safetensors" in out
+    assert "models--timm--resnet18.a1_in1k" in out and "HF_HUB_CACHE" in out
+    assert "zooadapt adapt timm/resnet18 --pretrained /path/to/model.safetensors" in out
+
+
+def test_plugins_json_lists_every_builtin():
+    result = run("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    names = {p["name"] for p in data["plugins"]}
+    assert {"torchvision", "timm", "resnet", "generic"} <= names and data["failed"] == []
+    resnet = next(p for p in data["plugins"] if p["name"] == "resnet")
+    assert resnet["families"] == ["resnet"] and resnet["hooks"] == ["zooadapt_families"]
+
+
+THIRD_PARTY = """
+import zooadapt as za
+
+@za.hookimpl
+def zooadapt_rename_rules(family):
+    return []
+"""
+
+
+def test_plugins_text_shows_builtin_third_party_and_failed_plugins(tmp_path: Path):
+    (tmp_path / "tp_cli_good.py").write_text(THIRD_PARTY)
+    (tmp_path / "tp_cli_broken.py").write_text('raise RuntimeError("tp_cli_broken is broken")\n')
+    info = tmp_path / "tp_cli-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tp-cli\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[zooadapt]\ntpgood = tp_cli_good\ntpbroken = tp_cli_broken\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    for variable in ("ZOOADAPT_PLUGINS", "ZOOADAPT_DISABLE_PLUGINS", "ZOOADAPT_STRICT_PLUGINS"):
+        env.pop(variable, None)
+    result = run("plugins", env=env)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()}
+    version = f"zooadapt=={za.__version__}"
+    assert rows["torchvision"].split()[1:] == [version, "zooadapt_zoos;", "zoos", "torchvision"]
+    assert rows["timm"].split()[1] == version
+    assert "zooadapt_families, zooadapt_zoos; zoos timm; families timm" in rows["timm"]
+    assert "families googlenet, inception_v3" in rows["inception"]
+    assert rows["tpgood"].split()[1:] == ["tp-cli==0.1", "zooadapt_rename_rules"]
+    assert rows["tpbroken"].split()[1:3] == ["tp-cli==0.1", "FAILED:"]
+    assert "tp_cli_broken is broken" in rows["tpbroken"]
 
 
 def test_memory_prints_each_setting_and_the_largest_batch_in_a_budget():

@@ -1,29 +1,49 @@
-"""The ``zooadapt`` command line: list, inspect, adapt, benchmark, estimate memory."""
+"""The ``zooadapt`` command line: list, inspect, adapt, weights, plugins, bench, memory."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
 
 from zooadapt.adapt import adapt
 from zooadapt.anatomy import anatomy
-from zooadapt.errors import ZooAdaptError
-from zooadapt.manager import get_plugin_manager
-from zooadapt.names import list_models
+from zooadapt.errors import AdaptError, CheckpointError, ModelNotFoundError, ZooAdaptError
+from zooadapt.freeze import FreezeSpec
+from zooadapt.manager import PluginManager, get_plugin_manager
+from zooadapt.names import list_models, resolve_name
 from zooadapt.summary import summary
+from zooadapt.types import Weights
+from zooadapt.weights import available_weights
 
 __all__ = ["main"]
 
 EPILOG = """examples:
-  zooadapt list 'resnet*'
-  zooadapt info resnet50
+  zooadapt list 'resnet*' --zoo torchvision
+  zooadapt info resnet50 --num-classes 10 --freeze backbone
   zooadapt adapt resnet152 --num-classes 10 --in-chans 1 --pretrained none
+  zooadapt adapt resnet50 --num-classes 10 --freeze backbone --out resnet50-10.safetensors
+  zooadapt weights timm/convnext_tiny
   zooadapt plugins --json
   zooadapt bench resnet50 --freeze none,last,backbone --batch-size 16 --input-size 128
   zooadapt memory vit_b_16 --freeze none,backbone --batch-size 32 --budget 24GiB
+
+add --json to list, info, weights, plugins and memory for output a script can parse;
+--debug (before the command) shows tracebacks.
 """
+
+FREEZE_HELP = (
+    "none, backbone (all but the head), last (last stage and head trainable), a group name "
+    "(frozen up to and including it), an int (the first n groups, -2: all but the last two), "
+    "or comma-separated groups (exactly those)"
+)
+SUFFIX = ".safetensors"
 
 
 def _pretrained(value: str) -> bool | str:
@@ -33,30 +53,231 @@ def _pretrained(value: str) -> bool | str:
     return True if lowered in ("default", "true") else value
 
 
+def _freeze(value: str) -> FreezeSpec:
+    """Parse ``--freeze``: none, backbone, last, an int, a group or comma-separated groups."""
+    items = _settings(value)
+    if not items:
+        raise argparse.ArgumentTypeError(f"empty freeze spec; use {FREEZE_HELP}")
+    if len(items) > 1:
+        return items
+    item = items[0]
+    if item.lower() == "none":
+        return None
+    if item == "last":
+        return -2
+    try:
+        return int(item)
+    except ValueError:
+        return item
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# -- list ------------------------------------------------------------------------------------
+
+
 def _cmd_list(args: argparse.Namespace) -> None:
+    if args.zoo is not None:
+        _check_zoo(args.zoo, get_plugin_manager())
     names = list_models(args.pattern)
-    print("\n".join(names))
+    if args.zoo is not None:
+        names = [name for name in names if name.startswith(f"{args.zoo}/")]
+    if args.json:
+        _print_json(names)
+    elif names:
+        print("\n".join(names))
     print(f"{len(names)} models", file=sys.stderr)
 
 
+def _check_zoo(zoo: str, pm: PluginManager) -> None:
+    zoos = [declared.item.name for declared in pm.zoos()]
+    if zoo not in zoos:
+        known = ", ".join(zoos) or "none installed"
+        raise ModelNotFoundError(f"unknown zoo {zoo!r}; zoos: {known}")
+
+
+# -- info ------------------------------------------------------------------------------------
+
+
 def _cmd_info(args: argparse.Namespace) -> None:
-    model = adapt(args.model, pretrained=False, device="meta")
-    info = anatomy(model)
-    print(f"{args.model}: family {info.family!r} (plugin {info.plugin!r})")
-    print(f"head: {', '.join(info.head)}\nstem: {', '.join(info.stems) or None}")
-    for group, names in info.groups.items():
-        print(f"  {group:<12} {len(names):>4} tensors")
+    ref = resolve_name(args.model, get_plugin_manager())
+    model = adapt(
+        args.model,
+        num_classes=args.num_classes,
+        in_chans=args.in_chans,
+        freeze=args.freeze,
+        pretrained=False,
+        device="meta",
+    )
+    info = _describe(model)
+    info = {"model": ref.qualified, **info, "weights": _weights_dicts(available_weights(ref))}
+    if args.json:
+        _print_json(info)
+        return
+    print(f"{args.model}: family {info['family']!r} (plugin {info['plugin']!r}), {info['class']}")
+    print(f"head: {', '.join(info['head'])}\nstem: {', '.join(info['stems']) or None}")
+    print("\n".join(_group_lines(info)))
+    print("\n".join(_weights_lines(ref.qualified, info["weights"])))
+
+
+def _describe(model: nn.Module) -> dict[str, Any]:
+    """Family, plugin, head, stems and per-group parameter counts of ``model``."""
+    anat = anatomy(model)
+    params = dict(model.named_parameters())
+    groups = []
+    for group, names in anat.groups.items():
+        total = sum(params[n].numel() for n in names)
+        trainable = sum(params[n].numel() for n in names if params[n].requires_grad)
+        flag = "yes" if trainable == total else "no" if trainable == 0 else "partly"
+        groups.append(
+            {
+                "name": group,
+                "parameters": total,
+                "trainable_parameters": trainable,
+                "trainable": flag,
+            }
+        )
+    return {
+        "class": type(model).__name__,
+        "family": anat.family,
+        "plugin": anat.plugin,
+        "head": list(anat.head),
+        "stems": list(anat.stems),
+        "groups": groups,
+        "parameters": sum(g["parameters"] for g in groups),
+        "trainable_parameters": sum(g["trainable_parameters"] for g in groups),
+    }
+
+
+def _group_lines(info: dict[str, Any]) -> list[str]:
+    width = max([len("total"), *(len(g["name"]) for g in info["groups"])])
+    lines = [f"  {'group':<{width}}  {'parameters':>12}  trainable"]
+    for group in info["groups"]:
+        lines.append(
+            f"  {group['name']:<{width}}  {group['parameters']:>12,}  {group['trainable']}"
+        )
+    total, trainable = info["parameters"], info["trainable_parameters"]
+    lines.append(f"  {'total':<{width}}  {total:>12,}  {trainable:,} trainable")
+    return lines
+
+
+# -- weights ---------------------------------------------------------------------------------
+
+
+def _weights_dicts(weights: Sequence[Weights]) -> list[dict[str, Any]]:
+    return [
+        {
+            "tag": w.tag,
+            "default": w.default,
+            "cached": w.cached,
+            "file": str(w.file),
+            "url": w.url,
+            "sha256": w.sha256,
+            "source": w.source,
+            "num_classes": w.num_classes,
+        }
+        for w in weights
+    ]
+
+
+def _weights_lines(model: str, weights: Sequence[dict[str, Any]]) -> list[str]:
+    if not weights:
+        return [f"{model}: no pretrained weights known; use --pretrained none or a file"]
+    lines = [f"pretrained weights of {model} (* = default):"]
+    for w in weights:
+        sha = f"sha256 {w['sha256'][:16]}" if w["sha256"] else "sha256 unknown"
+        cached = "cached" if w["cached"] else "not cached"
+        lines.append(f"{'*' if w['default'] else ' '} {w['tag']}  ({cached}, {sha})")
+        lines.append(f"      file:   {w['file']}")
+        lines.append(f"      url:    {w['url']}")
+        if w["source"]:
+            lines.append(f"      source: {w['source']}")
+    return lines
+
+
+def _offline_lines(model: str, weights: Sequence[dict[str, Any]]) -> list[str]:
+    if not weights:
+        return []
+    chosen = next((w for w in weights if w["default"]), weights[0])
+    lines = [
+        "offline: put a file at its 'file' path above and nothing is downloaded "
+        "(ZOOADAPT_OFFLINE=1 forbids downloads),",
+        f"  or pass the file itself: zooadapt adapt {model} "
+        f"--pretrained /path/to/{Path(chosen['file']).name}",
+    ]
+    if chosen["url"].startswith("https://huggingface.co/"):
+        lines += [
+            "  these files live in the Hugging Face hub cache (HF_HUB_CACHE); copying a repo "
+            "folder such as",
+            f"  {_hub_folder(Path(chosen['file']))} from a machine that downloaded it works too",
+        ]
+    return lines
+
+
+def _hub_folder(file: Path) -> Path:
+    """The ``models--owner--repo`` folder of a Hugging Face cache file."""
+    for parent in file.parents:
+        if parent.name.startswith("models--"):
+            return parent
+    return file.parent
+
+
+def _cmd_weights(args: argparse.Namespace) -> None:
+    ref = resolve_name(args.model, get_plugin_manager())
+    weights = _weights_dicts(available_weights(ref))
+    if args.json:
+        _print_json({"model": ref.qualified, "weights": weights})
+        return
+    print(
+        "\n".join(_weights_lines(ref.qualified, weights) + _offline_lines(ref.qualified, weights))
+    )
+
+
+# -- adapt -----------------------------------------------------------------------------------
 
 
 def _cmd_adapt(args: argparse.Namespace) -> None:
+    out = _check_out(args.out) if args.out is not None else None
     model = adapt(
         args.model,
         num_classes=args.num_classes,
         in_chans=args.in_chans,
         stem_init=args.stem_init,
         pretrained=_pretrained(args.pretrained),
+        freeze=args.freeze,
     )
     print(summary(model))
+    if out is not None:
+        print(f"saved {_save(model, out)}")
+
+
+def _check_out(out: str) -> Path:
+    """Fail before building the model if ``--out`` cannot be written."""
+    path = Path(out)
+    if path.suffix != SUFFIX:
+        raise AdaptError(f"--out {out}: the file name must end in {SUFFIX}")
+    if path.is_dir():
+        raise CheckpointError(f"--out {out} is a directory")
+    existing = next(parent for parent in path.absolute().parents if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CheckpointError(f"--out {out}: cannot write in {existing}")
+    return path
+
+
+def _save(model: nn.Module, path: Path) -> Path:
+    from zooadapt.saving import save
+
+    try:
+        return save(model, path)
+    except ZooAdaptError:
+        raise
+    except Exception as err:  # noqa: BLE001 - OSError, safetensors' own error, ...
+        raise CheckpointError(f"cannot write {path}: {err}") from err
+
+
+# -- plugins ---------------------------------------------------------------------------------
 
 
 def _cmd_plugins(args: argparse.Namespace) -> None:
@@ -64,15 +285,28 @@ def _cmd_plugins(args: argparse.Namespace) -> None:
     info = pm.plugin_info()
     failed = [vars(f) for f in pm.failed]
     if args.json:
-        print(json.dumps({"plugins": info, "failed": failed}, indent=2))
+        _print_json({"plugins": info, "failed": failed})
         return
     if not info:
         print("no plugins found; did you `pip install -e .`?")
+    width = max([len("plugin"), *(len(p["name"]) for p in [*info, *failed])])
+    dist_width = max([len("distribution"), *(len(p["dist"]) for p in [*info, *failed])])
+    print(f"{'plugin':<{width}}  {'distribution':<{dist_width}}  hooks; declares")
     for plugin in info:
-        declared = ", ".join(plugin["zoos"] + plugin["families"])
-        print(f"{plugin['name']:<14} {plugin['dist']:<24} {declared}")
+        hooks = ", ".join(plugin["hooks"]) or "none"
+        print(
+            f"{plugin['name']:<{width}}  {plugin['dist']:<{dist_width}}  {hooks}{_declared(plugin)}"
+        )
     for entry in failed:
-        print(f"{entry['name']:<14} FAILED: {entry['error']}")
+        print(f"{entry['name']:<{width}}  {entry['dist']:<{dist_width}}  FAILED: {entry['error']}")
+
+
+def _declared(plugin: dict[str, Any]) -> str:
+    parts = [f"{kind} {', '.join(plugin[kind])}" for kind in ("zoos", "families") if plugin[kind]]
+    return "; " + "; ".join(parts) if parts else ""
+
+
+# -- bench and memory ------------------------------------------------------------------------
 
 
 def _settings(value: str) -> list[str]:
@@ -133,7 +367,7 @@ def _cmd_memory(args: argparse.Namespace) -> None:
         print(line)
 
 
-_MEMORY_FIELDS = ("params", "grads", "optimizer_state", "activations", "total")
+_MEMORY_FIELDS = ("params", "grads", "optimizer_state", "activations", "transient", "total")
 
 
 def _gib(value: int) -> str:
@@ -154,25 +388,36 @@ def _add_training_options(parser: argparse.ArgumentParser, batch_size: int) -> N
     parser.add_argument("--amp", choices=("bf16", "fp16"))
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="zooadapt",
-        description="Make pretrained vision models fine-tune-ready.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _add_freeze(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--freeze", type=_freeze, metavar="SPEC", help=FREEZE_HELP)
 
-    listing = commands.add_parser("list", help="list model names, e.g. zooadapt list 'vit*'")
-    listing.add_argument("pattern", nargs="?", default="*")
+
+def _add_list(commands: Any) -> None:
+    listing = commands.add_parser(
+        "list", help="list model names, e.g. zooadapt list 'vit*' --zoo timm"
+    )
+    listing.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern (default *)")
+    listing.add_argument("--zoo", help="only this zoo's models (torchvision, timm, ...)")
+    listing.add_argument("--json", action="store_true", help="print a JSON list")
     listing.set_defaults(run=_cmd_list)
 
-    info = commands.add_parser("info", help="family, head, stem and groups of a model")
+
+def _add_info(commands: Any) -> None:
+    info = commands.add_parser(
+        "info", help="family, plugin, head, stem, groups and weights of a model"
+    )
     info.add_argument("model")
+    info.add_argument("--num-classes", type=int)
+    info.add_argument("--in-chans", type=int)
+    _add_freeze(info)
+    info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(run=_cmd_info)
 
-    adapting = commands.add_parser("adapt", help="adapt a model and print its summary")
+
+def _add_adapt(commands: Any) -> None:
+    adapting = commands.add_parser(
+        "adapt", help="adapt a model, print its summary and optionally save it"
+    )
     adapting.add_argument("model")
     adapting.add_argument("--num-classes", type=int)
     adapting.add_argument("--in-chans", type=int)
@@ -180,12 +425,31 @@ def _parser() -> argparse.ArgumentParser:
     adapting.add_argument(
         "--pretrained", default="default", help="default, none, a weights tag, or a file"
     )
+    _add_freeze(adapting)
+    adapting.add_argument(
+        "--out", metavar=f"FILE{SUFFIX}", help="write a checkpoint that za.load rebuilds"
+    )
     adapting.set_defaults(run=_cmd_adapt)
 
-    plugins = commands.add_parser("plugins", help="installed plugins and what they declare")
+
+def _add_weights(commands: Any) -> None:
+    weights = commands.add_parser(
+        "weights", help="where a model's pretrained weights come from and go offline"
+    )
+    weights.add_argument("model")
+    weights.add_argument("--json", action="store_true", help="print one JSON object")
+    weights.set_defaults(run=_cmd_weights)
+
+
+def _add_plugins(commands: Any) -> None:
+    plugins = commands.add_parser(
+        "plugins", help="installed plugins, their hooks and what they declare"
+    )
     plugins.add_argument("--json", action="store_true")
     plugins.set_defaults(run=_cmd_plugins)
 
+
+def _add_bench(commands: Any) -> None:
     benching = commands.add_parser("bench", help="time and memory of fine-tuning per freeze")
     _add_training_options(benching, batch_size=32)
     benching.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -196,16 +460,46 @@ def _parser() -> argparse.ArgumentParser:
     benching.add_argument("--plot", metavar="FILE.png", help="also plot time and memory")
     benching.set_defaults(run=_cmd_bench)
 
+
+def _add_memory(commands: Any) -> None:
     memory = commands.add_parser("memory", help="estimate fine-tuning memory, no GPU needed")
     _add_training_options(memory, batch_size=32)
     memory.add_argument("--budget", help="e.g. 24GiB: print the largest batch that fits")
     memory.add_argument("--json", action="store_true", help="print JSON")
     memory.set_defaults(run=_cmd_memory)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zooadapt",
+        description="Make pretrained vision models fine-tune-ready.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _add_list,
+        _add_info,
+        _add_adapt,
+        _add_weights,
+        _add_plugins,
+        _add_bench,
+        _add_memory,
+    ):
+        add(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line.
+
+    Args:
+        argv: Arguments without the program name; defaults to ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0 on success, 1 for a zooadapt error (printed as one line).
+    """
     args = _parser().parse_args(argv)
     try:
         args.run(args)
