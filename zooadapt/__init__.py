@@ -35,7 +35,7 @@ from zooadapt.schedule import FineTuneSchedule
 from zooadapt.summary import summary
 from zooadapt.training import Training, load_training, save_training
 from zooadapt.types import Anatomy, Family, RenameRule, StemLayout, Weights, Zoo
-from zooadapt.wrappers import unwrap
+from zooadapt.wrappers import rewrap, unwrap
 
 __version__ = "0.1.0"
 
@@ -85,6 +85,7 @@ __all__ = [
     "param_groups",
     "parse_bytes",
     "read_state_dict",
+    "rewrap",
     "save",
     "save_training",
     "summary",

@@ -19,6 +19,12 @@ are frozen follow the ``bn=`` policy:
 SyncBatchNorm, timm's BatchNormAct2d). A BatchNorm without affine parameters counts as
 frozen when the closest module with parameters registered before it (the layer whose
 output it normalises) is frozen.
+
+Distributed training: freeze before wrapping in DistributedDataParallel. DDP synchronises
+only the parameters trainable when it was built, so after a freeze or unfreeze of a
+DDP-wrapped model (a warning says so) wrap it again on every rank with
+``model = za.rewrap(model)``. FSDP2 (``fully_shard``) models need nothing more: call these
+functions on every rank.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from zooadapt.errors import FreezeError
 from zooadapt.manager import PluginManager
 from zooadapt.optim import LearningRate, add_groups, foreign_tensors, held_ids, model_groups
 from zooadapt.types import Family
-from zooadapt.wrappers import unwrap
+from zooadapt.wrappers import trainable_ids, unwrap, warn_if_ddp_is_stale
 
 __all__ = ["BN_POLICIES", "FreezeSpec", "freeze", "freeze_state", "load_freeze_state", "unfreeze"]
 
@@ -148,7 +154,8 @@ def freeze(
     Everything is validated before anything changes.
 
     Args:
-        model: A model (wrappers such as DDP are looked through).
+        model: A model (wrappers such as DDP are looked through; a DDP model whose
+            trainable set changes warns: wrap it again with :func:`zooadapt.rewrap`).
         spec: ``"backbone"`` (every group but the head, the last group); a group name
             (from the input up to and including it); an int n (the first n groups,
             negative counts from the end: ``-1`` is all but the head); a list of group
@@ -174,9 +181,11 @@ def freeze(
     if bn == "train":
         keep = _batchnorm_params(root)
         names = [n for n in names if n not in keep]
+    before = trainable_ids(root)
     for name in names:
         params[name].requires_grad_(False)
     _sync_norms(root, bn)
+    warn_if_ddp_is_stale(model, before)
     return model
 
 
@@ -192,7 +201,8 @@ def unfreeze(
     """Make part of a model trainable again, optionally adding it to an optimizer.
 
     Args:
-        model: A model (wrappers such as DDP are looked through).
+        model: A model (wrappers such as DDP are looked through; a DDP model whose
+            trainable set changes warns: wrap it again with :func:`zooadapt.rewrap`).
         spec: ``None`` (everything); ``"backbone"`` (all but the head); a group name
             (that group and every group after it, so that ``unfreeze(model, "layer4")``
             after ``freeze(model)`` makes exactly ``layer4`` trainable); an int n
@@ -237,11 +247,13 @@ def unfreeze(
         raise FreezeError("lr= is the learning rate of new optimizer groups: pass optimizer=")
     for group in new_groups:
         optimizer.add_param_group(group)  # type: ignore[union-attr]
+    before = trainable_ids(root)
     for name in names:
         params[name].requires_grad_(True)
     record = getattr(root, _RECORD, None)
     if record is not None:  # nothing is held before the first freeze
         _sync_norms(root, record["bn"])
+    warn_if_ddp_is_stale(model, before)
     return model
 
 
@@ -373,6 +385,7 @@ def load_freeze_state(model: nn.Module, state: Mapping[str, Any]) -> nn.Module:
     if unknown or (bn in (None, "train") and held):
         problem = f"unknown names {unknown[:5]}" if unknown else f"norms held under bn={bn!r}"
         raise FreezeError(f"freeze state does not fit {type(root).__name__}: {problem}")
+    before = trainable_ids(root)
     for name, param in params.items():
         param.requires_grad_(name not in frozen)
     _release(root)
@@ -380,4 +393,5 @@ def load_freeze_state(model: nn.Module, state: Mapping[str, Any]) -> nn.Module:
         root.__dict__.pop(_RECORD, None)
     else:
         _hold(root, held, bn)
+    warn_if_ddp_is_stale(model, before)
     return model

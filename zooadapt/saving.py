@@ -22,7 +22,7 @@ from zooadapt.anatomy import anatomy
 from zooadapt.errors import CheckpointError
 from zooadapt.manager import PluginManager
 from zooadapt.surgery import head_out_features
-from zooadapt.wrappers import unwrap
+from zooadapt.wrappers import full_state_dict, is_writer, unwrap
 
 __all__ = ["atomic_write", "describe_adapted", "load", "read_metadata", "rebuild", "save"]
 
@@ -88,13 +88,19 @@ def save(
 ) -> Path:
     """Write ``model``'s weights as safetensors with the metadata :func:`load` needs.
 
+    In a distributed run, a DDP-wrapped or FSDP2-sharded model is written by global rank 0
+    alone, as one full, unwrapped checkpoint that :func:`load` reads in a single process.
+    Other ranks write nothing and return at once (use a barrier before they read it). A
+    sharded model's weights are gathered collectively, so call it on every rank then;
+    a DDP model may be saved from every rank or from rank 0 only.
+
     Args:
         model: An adapted model (wrappers such as DataParallel are accepted).
         path: Destination file, replaced atomically.
         plugin_manager: Defaults to the shared manager with every installed plugin.
 
     Returns:
-        The path written.
+        The path (written by this process or, in a distributed run, by rank 0).
 
     Raises:
         CheckpointError: If the model holds meta tensors or its builder arguments cannot
@@ -102,13 +108,15 @@ def save(
     """
     from safetensors.torch import save_file
 
-    model = unwrap(model)
     info = describe_adapted(model, plugin_manager)
     try:
         metadata = {"zooadapt": json.dumps(info)}
     except TypeError as err:
         raise CheckpointError(f"cannot record builder arguments of {info['model']}: {err}") from err
-    tensors = _unique_contiguous(model.state_dict())
+    state = full_state_dict(model)  # collective for a sharded model
+    if not is_writer(model):
+        return Path(path)
+    tensors = _unique_contiguous(state)
     with atomic_write(path) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
     return Path(path)

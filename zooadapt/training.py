@@ -23,7 +23,15 @@ from zooadapt.loading import load_weights
 from zooadapt.manager import PluginManager
 from zooadapt.optim import foreign_tensors
 from zooadapt.saving import atomic_write, describe_adapted, rebuild
-from zooadapt.wrappers import unwrap
+from zooadapt.wrappers import (
+    full_optimizer_state_dict,
+    full_state_dict,
+    is_sharded,
+    is_writer,
+    load_full_optimizer_state_dict,
+    load_full_state_dict,
+    unwrap,
+)
 
 __all__ = ["Training", "load_training", "save_training"]
 
@@ -49,6 +57,10 @@ def save_training(
 ) -> Path:
     """Write a resumable training checkpoint atomically.
 
+    In a distributed run, a DDP-wrapped or FSDP2-sharded model's checkpoint is written by
+    global rank 0 alone, full and unwrapped, as :func:`zooadapt.save` does (call it on
+    every rank for a sharded model: weights and optimizer state are gathered collectively).
+
     Args:
         path: Destination file (a torch file readable with ``weights_only=True``).
         model: The model being trained (wrappers such as DDP are accepted).
@@ -57,27 +69,32 @@ def save_training(
         **extra: Plain data to restore too (epoch, step, a schedule's ``state_dict()``).
 
     Returns:
-        The path written.
+        The path (written by this process or, in a distributed run, by rank 0).
     """
-    model = unwrap(model)
-    foreign = foreign_tensors(optimizer, model)
+    root = unwrap(model)
+    foreign = foreign_tensors(optimizer, root)
     if foreign:
         raise CheckpointError(
             f"the optimizer holds {foreign} tensors that are not parameters of "
-            f"{type(model).__name__}"
+            f"{type(root).__name__}"
         )
-    names = {id(p): n for n, p in model.named_parameters()}
+    names = {id(p): n for n, p in root.named_parameters()}
     groups = [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
+    adapted = describe_adapted(root)
+    weights = full_state_dict(root)  # collective for a sharded model, as is the next line
+    optimizer_state = _optimizer_state(root, optimizer, groups)
+    if not is_writer(model):
+        return Path(path)
     payload = {
         "format": FORMAT,
-        "adapted": describe_adapted(model),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "freeze": freeze_state(model),
+        "adapted": adapted,
+        "model": {k: v.detach().cpu() for k, v in weights.items()},
+        "freeze": freeze_state(root),
         "optimizer": {
             "class": type(optimizer).__name__,
             "defaults": dict(optimizer.defaults),
             "groups": groups,
-            "state_dict": optimizer.state_dict(),
+            "state_dict": optimizer_state,
         },
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "extra": extra,
@@ -85,6 +102,37 @@ def save_training(
     with atomic_write(path) as temporary:
         torch.save(payload, temporary)
     return Path(path)
+
+
+def _optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, groups: list[list[str]]
+) -> dict[str, Any]:
+    """``optimizer.state_dict()``, gathered in full first if ``model`` is sharded."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    by_name = full_optimizer_state_dict(model, optimizer)
+    if not by_name:  # ranks other than 0 get nothing
+        return {}
+    index = {name: i for i, name in enumerate(n for names in groups for n in names)}
+    return {
+        "state": {index[name]: state for name, state in by_name["state"].items()},
+        "param_groups": [
+            {**group, "params": [index[name] for name in group["params"]]}
+            for group in by_name["param_groups"]
+        ],
+    }
+
+
+def _by_name(state_dict: dict[str, Any], groups: list[list[str]]) -> dict[str, Any]:
+    """The name-keyed form of an index-keyed optimizer state dict (for sharded models)."""
+    names = [n for group in groups for n in group]
+    return {
+        "state": {names[i]: state for i, state in state_dict["state"].items()},
+        "param_groups": [
+            {**group, "params": [names[i] for i in group["params"]]}
+            for group in state_dict["param_groups"]
+        ],
+    }
 
 
 def load_training(
@@ -96,6 +144,11 @@ def load_training(
     plugin_manager: PluginManager | None = None,
 ) -> Training:
     """Resume from :func:`save_training`'s file.
+
+    To resume a distributed run, call it on every rank. With DDP, let it rebuild the
+    model and wrap ``Training.model`` afterwards. With FSDP2, build and shard the model
+    first and pass it as ``model``: each rank loads its shards and the optimizer is built
+    over the sharded parameters.
 
     Args:
         path: The training checkpoint.
@@ -134,6 +187,9 @@ def _restore_model(
     plugin_manager: PluginManager | None,
 ) -> nn.Module:
     info = payload["adapted"]
+    if model is not None and is_sharded(model):
+        load_full_state_dict(model, payload["model"])
+        return unwrap(model)
     if model is not None:
         load_weights(model, path, key="model", plugin_manager=plugin_manager)
         return unwrap(model)
@@ -155,8 +211,16 @@ def _restore_optimizer(
         )
     params = dict(model.named_parameters())
     groups = [{"params": [params[name] for name in names]} for names in saved["groups"]]
+    sharded = is_sharded(model)
+    if sharded:  # torch.distributed.checkpoint restores only the group keys already there
+        for group, stored in zip(groups, saved["state_dict"]["param_groups"], strict=True):
+            group.update({k: v for k, v in stored.items() if k != "params"})
     accepted = inspect.signature(cls).parameters
     defaults = {k: v for k, v in saved["defaults"].items() if k in accepted}
     optimizer = cls(groups, **defaults)
-    optimizer.load_state_dict(saved["state_dict"])
+    if sharded:
+        by_name = _by_name(saved["state_dict"], saved["groups"])
+        load_full_optimizer_state_dict(model, optimizer, by_name)
+    else:
+        optimizer.load_state_dict(saved["state_dict"])
     return optimizer
