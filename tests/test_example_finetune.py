@@ -1,0 +1,51 @@
+"""examples/finetune.py runs end to end as a script (tiny configs on the digits)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import zooadapt as za
+
+pytest.importorskip("sklearn")
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "finetune.py"
+TINY = ["--model", "resnet18", "--pretrained", "none", "--dataset", "digits", "--size", "32"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ZOOADAPT_OFFLINE": "1", "WORLD_SIZE": "1"}
+    command = [sys.executable, str(SCRIPT), *TINY, "--limit", "200", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+
+def accuracy(result: subprocess.CompletedProcess[str]) -> float:
+    assert result.returncode == 0, result.stderr[-2000:]
+    match = re.search(r"^test accuracy: (\d\.\d{4}) \(200 images, resnet18\)$", result.stdout, re.M)
+    assert match, result.stdout
+    return float(match.group(1))
+
+
+def test_finetune_unfreezes_and_saves(tmp_path: Path) -> None:
+    out = tmp_path / "tuned.safetensors"
+    result = run("--epochs", "2", "--unfreeze-at", "1:layer4", "--out", str(out))
+    assert 0.0 <= accuracy(result) <= 1.0
+    assert "epoch 1: loss" in result.stdout
+    model = za.load(out)
+    assert model.fc.out_features == 10 and model.conv1.in_channels == 1
+
+
+def test_finetune_on_feature_cache() -> None:
+    result = run("--epochs", "2", "--feature-cache", "--lr", "1e-2")
+    assert 0.0 <= accuracy(result) <= 1.0
+    assert "(cached features)" in result.stdout
+
+
+def test_feature_cache_needs_a_frozen_backbone() -> None:
+    result = run("--feature-cache", "--unfreeze-at", "1:layer4")
+    assert result.returncode == 2
+    assert "--feature-cache needs --freeze backbone" in result.stderr
