@@ -294,11 +294,19 @@ def _frozen_norms(root: nn.Module) -> list[str]:
     return sorted(held, key=order.__getitem__)
 
 
+#: Modules whose own forward callers may skip (they iterate over the children instead).
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
 def _frozen_blocks(root: nn.Module) -> list[str]:
-    """The largest modules that have parameters and none of them trainable, in order."""
+    """The largest called modules with parameters, none of them trainable, in order.
+
+    Containers are looked into rather than held (a model may iterate over an
+    ``nn.ModuleList`` without calling it), and BatchNorm layers have their own hook.
+    """
     blocks: list[str] = []
     for name, module in root.named_modules():
-        if _within(name, blocks):
+        if _within(name, blocks) or isinstance(module, (*_CONTAINERS, _BatchNorm)):
             continue
         params = list(module.parameters())
         if params and not any(p.requires_grad for p in params):
@@ -333,7 +341,7 @@ def _hold(root: nn.Module, names: Sequence[str], bn: str) -> None:
     for name in names:
         module = root.get_submodule(name)
         module.training = False
-        if bn == "frozen" and not _within(name, blocks):  # a block's hook covers it
+        if bn == "frozen":
             module.register_forward_pre_hook(_use_running_stats)
     root.__dict__[_RECORD] = {"bn": bn, "norms": list(names), "blocks": blocks}
 
