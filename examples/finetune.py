@@ -207,8 +207,8 @@ def fit(
     schedule = za.FineTuneSchedule(model, opt, milestones, lr=unfreeze_lr, initial=None)
     net = parallel(model, world, device)
     for epoch in range(args.epochs):
-        if schedule.step(epoch) and world > 1:
-            net = parallel(model, world, device)  # re-wrap: new tensors need syncing
+        if schedule.step(epoch):
+            net = za.rewrap(net)  # DDP must sync the newly trainable tensors too
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)
         batches = progress(loader, f"epoch {epoch}", show)

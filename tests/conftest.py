@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -61,3 +63,28 @@ def real_inits(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
 
     monkeypatch.setattr(torch.nn.init, "kaiming_normal_", spy)
     return shapes
+
+
+#: timm ConvNeXt key -> the key facebookresearch/ConvNeXt saves (the inverse of the timm
+#: plugin's rename rules for that layout).
+CONVNEXT_ORIGINAL_KEYS = [
+    (r"^stem\.", "downsample_layers.0."),
+    (r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2."),
+    (r"\.conv_dw\.", ".dwconv."),
+    (r"\.mlp\.fc(\d)\.", r".pwconv\1."),
+    (r"^head\.fc\.", "head."),
+    (r"^head\.norm\.", "norm."),
+]
+
+
+@pytest.fixture
+def convnext_original_key() -> Callable[[str], str]:
+    """``key(timm_key)``: the same key in the original ConvNeXt checkpoint layout."""
+
+    def original(key: str) -> str:
+        for pattern, replacement in CONVNEXT_ORIGINAL_KEYS:
+            key = re.sub(pattern, replacement, key)
+        return key
+
+    return original

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from importlib.metadata import distribution
 from pathlib import Path
 from typing import Any
@@ -137,22 +136,9 @@ def test_timm_models_conform_among_all_installed_plugins(
     check_family(family, tm(arch), input_shape=square(size), device=device)
 
 
-def test_original_convnext_checkpoint_keys_rename_onto_timm() -> None:
-    inverse = [
-        (r"^stem\.", "downsample_layers.0."),
-        (r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1."),
-        (r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2."),
-        (r"\.conv_dw\.", ".dwconv."),
-        (r"\.mlp\.fc(\d)\.", r".pwconv\1."),
-        (r"^head\.fc\.", "head."),
-        (r"^head\.norm\.", "norm."),
-    ]
+def test_original_convnext_checkpoint_keys_rename_onto_timm(convnext_original_key) -> None:
     model = timm.create_model("convnext_atto")
-    original = []
-    for key in model.state_dict():
-        for pattern, replacement in inverse:
-            key = re.sub(pattern, replacement, key)
-        original.append(key)
+    original = [convnext_original_key(key) for key in model.state_dict()]
     assert "downsample_layers.0.0.weight" in original
     check_family("timm.convnext", model, rules_checkpoint=original)
     # A key the rules cannot place is named, with the key it came from.

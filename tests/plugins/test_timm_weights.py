@@ -142,29 +142,10 @@ def test_a_torchvision_resnet_checkpoint_loads_into_timm_resnet(tmp_path, logits
     torch.testing.assert_close(logits(model, gray), expected, rtol=1e-4, atol=1e-6)
 
 
-def _to_original_convnext_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm's ConvNeXt keys written the way facebookresearch/ConvNeXt saves them."""
-    rewrites = [
-        (r"^stem\.", "downsample_layers.0."),
-        (r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1."),
-        (r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2."),
-        (r"\.conv_dw\.", ".dwconv."),
-        (r"\.mlp\.fc(\d)\.", r".pwconv\1."),
-        (r"^head\.fc\.", "head."),
-        (r"^head\.norm\.", "norm."),
-    ]
-    result = {}
-    for key, tensor in state.items():
-        for pattern, replacement in rewrites:
-            key = re.sub(pattern, replacement, key)
-        result[key] = tensor
-    return result
-
-
-def test_original_convnext_checkpoint_is_renamed_by_the_family_rules(tmp_path):
+def test_original_convnext_checkpoint_is_renamed_by_the_rules(tmp_path, convnext_original_key):
     state = _random_state("convnext_atto")
     path = tmp_path / "convnext_atto_original.pth"
-    torch.save(_to_original_convnext_layout(state), path)
+    torch.save({convnext_original_key(k): v for k, v in state.items()}, path)
     model = timm.create_model("convnext_atto")
     report = za.load_weights(model, path)
     assert not report.missing and not report.unexpected and not report.mismatched
