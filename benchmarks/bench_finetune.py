@@ -25,7 +25,7 @@ DEFAULT_MODELS = ["resnet152", "vgg16", "densenet121", "vit_b_16", "timm/convnex
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
-    parser.add_argument("--freeze", nargs="+", default=["none", "last", "backbone"])
+    parser.add_argument("--settings", nargs="+", default=["none", "last", "backbone"])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--device", default="auto")
@@ -48,7 +48,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results = za.bench(
         args.models,
-        freeze=args.freeze,
+        settings=args.settings,
         batch_size=args.batch_size,
         input_size=args.input_size,
         device=args.device,

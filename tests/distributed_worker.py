@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 import zooadapt as za
-from zooadapt.wrappers import rewrap
+from zooadapt._core.distributed import rewrap
 
 STAGES = ("layer1", "layer2", "layer3", "layer4", "fc")
 MILESTONES = {1: "layer3"}  # epoch -> unfreeze spec
@@ -103,7 +103,7 @@ def train(mode: str, out: Path) -> dict:
     rank = dist.get_rank()
     saved = za.save(wrapped, out / f"model_from_rank{rank}.safetensors")
     za.save(wrapped, out / "model.safetensors")
-    za.save_training(out / "training.pt", wrapped, optimizer, schedule=schedule.state_dict())
+    za.save_training(wrapped, out / "training.pt", optimizer, schedule=schedule.state_dict())
     torch.save({"state": full_state(wrapped), "outputs": outputs(wrapped)}, out / f"r{rank}.pt")
     train_step(wrapped, optimizer, EPOCHS * STEPS_PER_EPOCH)
     torch.save(full_state(wrapped), out / f"r{rank}_continued.pt")

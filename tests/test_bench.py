@@ -6,6 +6,7 @@ setting trains, holds and saves, which does not depend on the machine.
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -14,19 +15,20 @@ import pytest
 import torch
 
 import zooadapt as za
-from zooadapt import benchmark as bench_module
 from zooadapt.report import markdown_table, save_json, save_plot
+
+bench_module = importlib.import_module("zooadapt.bench")
 
 SMALL = {"batch_size": 2, "input_size": 32, "warmup": 0, "steps": 2, "progress": False}
 
 
 @pytest.fixture(scope="module")
 def resnet_results():
-    return za.bench(["resnet18"], freeze=["none", "last", "layer2", "backbone"], **SMALL)
+    return za.bench(["resnet18"], settings=["none", "last", "layer2", "backbone"], **SMALL)
 
 
 def test_each_setting_trains_what_it_says(resnet_results):
-    by = {r.freeze: r for r in resnet_results}
+    by = {r.setting: r for r in resnet_results}
     model = za.adapt("resnet18", num_classes=10, pretrained=False)
     total = sum(p.numel() for p in model.parameters())
     groups = za.anatomy(model).groups
@@ -39,7 +41,7 @@ def test_each_setting_trains_what_it_says(resnet_results):
 
 
 def test_optimizer_state_and_memory_shrink_with_freezing(resnet_results):
-    by = {r.freeze: r for r in resnet_results}
+    by = {r.setting: r for r in resnet_results}
     # AdamW holds two moments (and a step count) per trainable parameter.
     for result in resnet_results:
         assert 8 * result.trainable <= result.optimizer_state_bytes <= 8 * result.trainable + 4096
@@ -54,7 +56,7 @@ def test_optimizer_state_and_memory_shrink_with_freezing(resnet_results):
 
 
 def test_a_timm_model_benches_too():
-    (result,) = za.bench(["timm/resnet18"], freeze=["backbone"], **SMALL)
+    (result,) = za.bench(["timm/resnet18"], settings=["backbone"], **SMALL)
     assert result.trainable == 512 * 10 + 10 and not result.error
 
 
@@ -63,7 +65,7 @@ def test_out_of_memory_is_reported_not_raised(monkeypatch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(bench_module, "_run_case", boom)
-    results = za.bench(["resnet18"], freeze=["none", "backbone"], **SMALL)
+    results = za.bench(["resnet18"], settings=["none", "backbone"], **SMALL)
     assert [r.error for r in results] == [
         "out of memory at batch size 2: CUDA out of memory. Tried to allocate 2.00 GiB"
     ] * 2
@@ -76,7 +78,7 @@ def test_out_of_memory_is_reported_not_raised(monkeypatch):
         ({"batch_size": 0}, "batch_size must be a positive int, got 0"),
         ({"input_size": 16, "models": ["vit_b_16"]}, "vit_b_16 cannot take 16x16 inputs"),
         ({"amp": "fp8"}, "amp must be one of"),
-        ({"freeze": ["no_such_group"]}, "unknown freeze group 'no_such_group'"),
+        ({"settings": ["no_such_group"]}, "unknown freeze group 'no_such_group'"),
     ],
 )
 def test_bad_input_is_a_clear_error(kwargs, message):
@@ -93,15 +95,15 @@ def test_cuda_without_cuda_is_a_clear_error():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_peak_memory_is_measured_per_case():
-    results = za.bench(["resnet18"], freeze=["none", "backbone"], device="cuda", **SMALL)
-    by = {r.freeze: r for r in results}
+    results = za.bench(["resnet18"], settings=["none", "backbone"], device="cuda", **SMALL)
+    by = {r.setting: r for r in results}
     assert by["none"].peak_bytes > by["backbone"].peak_bytes > 0
 
 
 def test_json_and_plot_are_written(resnet_results, tmp_path):
     save_json(resnet_results, tmp_path / "out.json")
     loaded = json.loads((tmp_path / "out.json").read_text())
-    assert [row["freeze"] for row in loaded] == ["none", "last", "layer2", "backbone"]
+    assert [row["setting"] for row in loaded] == ["none", "last", "layer2", "backbone"]
     pytest.importorskip("matplotlib")
     save_plot(resnet_results, tmp_path / "out.png")
     assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -110,7 +112,7 @@ def test_json_and_plot_are_written(resnet_results, tmp_path):
 def test_the_command_line_writes_a_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "zooadapt.cli", "bench", "resnet18", "--freeze", "none,backbone"]
+        [sys.executable, "-m", "zooadapt.cli", "bench", "resnet18", "--settings", "none,backbone"]
         + ["--batch-size", "2", "--input-size", "32", "--warmup", "0", "--steps", "1"]
         + ["--device", "cpu", "--json", str(out)],
         capture_output=True,
@@ -119,4 +121,4 @@ def test_the_command_line_writes_a_table_and_json(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "resnet18" in result.stdout and "backbone" in result.stdout
-    assert [row["freeze"] for row in json.loads(out.read_text())] == ["none", "backbone"]
+    assert [row["setting"] for row in json.loads(out.read_text())] == ["none", "backbone"]

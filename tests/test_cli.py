@@ -217,7 +217,7 @@ def test_plugins_text_shows_builtin_third_party_and_failed_plugins(tmp_path: Pat
 
 
 def test_memory_prints_each_setting_and_the_largest_batch_in_a_budget():
-    result = run("memory", "resnet18", "--freeze", "none,backbone", "--input-size", "64")
+    result = run("memory", "resnet18", "--settings", "none,backbone", "--input-size", "64")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and "none" in lines[0] and "backbone" in lines[1]
@@ -225,7 +225,7 @@ def test_memory_prints_each_setting_and_the_largest_batch_in_a_budget():
     budget = run(
         "memory",
         "resnet18",
-        "--freeze",
+        "--settings",
         "none,backbone",
         "--input-size",
         "64",
@@ -241,7 +241,7 @@ def test_memory_prints_each_setting_and_the_largest_batch_in_a_budget():
             "resnet18",
             batch_size=row["max_batch_size"],
             input_size=64,
-            freeze=None if row["freeze"] == "none" else "backbone",
+            freeze=None if row["setting"] == "none" else "backbone",
         )
         assert per_batch.total <= 2**30
 

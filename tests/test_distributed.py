@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 import zooadapt as za
-from zooadapt.wrappers import is_sharded, is_writer, rewrap
+from zooadapt._core.distributed import is_sharded, is_writer, rewrap
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import zooadapt as za
-from zooadapt.manager import FailedPlugin, PluginManager
+from zooadapt._core.plugins import FailedPlugin, PluginManager
 
 BUILTINS = {"resnet", "torchvision", "generic", "mobilenet", "vit"}
 ENV_VARS = ("ZOOADAPT_PLUGINS", "ZOOADAPT_DISABLE_PLUGINS", "ZOOADAPT_STRICT_PLUGINS")

@@ -152,7 +152,7 @@ def test_unfreeze_with_another_models_optimizer_raises_and_changes_nothing(resne
     opt = za.optimizer(other, lr=1e-3)
     groups_before = [dict(g) for g in opt.param_groups]
     before = snapshot(resnet)
-    with pytest.raises(za.FreezeError, match="not parameters of this ResNet"):
+    with pytest.raises(za.OptimizerError, match="not parameters of this ResNet"):
         za.unfreeze(resnet, "layer4", optimizer=opt)
     assert_unchanged(resnet, before)
     assert [dict(g) for g in opt.param_groups] == groups_before
@@ -161,7 +161,7 @@ def test_unfreeze_with_another_models_optimizer_raises_and_changes_nothing(resne
 def test_lr_without_optimizer_raises(resnet):
     za.freeze(resnet)
     before = snapshot(resnet)
-    with pytest.raises(za.FreezeError, match="pass optimizer="):
+    with pytest.raises(za.OptimizerError, match="pass optimizer="):
         za.unfreeze(resnet, "layer4", lr=1e-3)
     assert_unchanged(resnet, before)
 

@@ -10,8 +10,8 @@ from zooadapt_plugins import generic
 
 import zooadapt as za
 from zooadapt import Family, RenameRule, Zoo, hookimpl
-from zooadapt.anatomy import class_name, select_family
-from zooadapt.manager import Declared
+from zooadapt._core.anatomy import class_name, select_family
+from zooadapt._core.plugins import Declared
 
 # -- tiny models (module level, so that their qualified names have no ``<locals>``) -----
 
@@ -33,6 +33,9 @@ class Unrelated(nn.Module):
         super().__init__()
         self.features = nn.Conv2d(3, 8, 3)
         self.classifier = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean((2, 3)))
 
 
 GROUPS = {"stem": r"^stem\.", "body": r"^body\.", "head": r"^fc\."}
@@ -399,6 +402,8 @@ def test_anatomy_of_the_winning_family() -> None:
             "head": ["fc.weight", "fc.bias"],
         },
         stems=("stem",),
+        num_classes=2,
+        in_chans=3,
     )
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import zooadapt as za
-from zooadapt.errors import AdaptError, FreezeError
+from zooadapt.errors import AdaptError, FreezeError, OptimizerError
 from zooadapt.memory import (
     MemoryEstimate,
     StepMemory,
@@ -249,21 +249,21 @@ def test_a_bfloat16_model_halves_everything_but_step_counts():
 
 
 def test_optimizer_state_follows_the_optimizer():
-    sgd = estimate_memory("resnet18", batch_size=2, input_size=64, optimizer="sgd")
+    sgd = estimate_memory("resnet18", batch_size=2, input_size=64, opt="sgd")
     momentum = estimate_memory(
         "resnet18",
         batch_size=2,
         input_size=64,
-        optimizer=torch.optim.SGD,
-        optimizer_kwargs={"momentum": 0.9},
+        opt=torch.optim.SGD,
+        opt_kwargs={"momentum": 0.9},
     )
     assert sgd.optimizer_state == 0
     assert momentum.optimizer_state == momentum.grads
-    assert momentum.optimizer == "SGD"
+    assert momentum.opt == "SGD"
 
 
 def test_an_optimizer_that_reads_values_is_stepped_on_cpu_stand_ins():
-    adafactor = estimate_memory("resnet18", batch_size=2, input_size=64, optimizer="adafactor")
+    adafactor = estimate_memory("resnet18", batch_size=2, input_size=64, opt="adafactor")
     assert 0 < adafactor.optimizer_state < adafactor.grads  # factored second moments
 
 
@@ -396,13 +396,13 @@ def test_an_input_the_model_cannot_take_names_model_size_and_cause(name, size, c
 
 
 def test_an_unknown_optimizer_fails_as_za_optimizer_does():
-    with pytest.raises(FreezeError, match="unknown optimizer 'adamx'; torch.optim has: .*AdamW"):
-        estimate_memory("resnet18", batch_size=2, input_size=64, optimizer="adamx")
+    with pytest.raises(OptimizerError, match="unknown optimizer 'adamx'; torch.optim has: .*AdamW"):
+        estimate_memory("resnet18", batch_size=2, input_size=64, opt="adamx")
 
 
 def test_an_optimizer_that_cannot_step_is_named():
     with pytest.raises(AdaptError, match="optimizer LBFGS cannot step on resnet18"):
-        estimate_memory("resnet18", batch_size=2, input_size=64, optimizer="lbfgs")
+        estimate_memory("resnet18", batch_size=2, input_size=64, opt="lbfgs")
 
 
 @pytest.mark.parametrize(

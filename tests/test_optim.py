@@ -96,9 +96,9 @@ def test_lr_dict_by_group_name(resnet):
     lrs = {"layer4": 1e-4, "head": 1e-2, "stem": 5.0}  # frozen groups may be named
     groups = za.param_groups(resnet, lr=lrs)
     assert [(g["name"], g["lr"]) for g in groups] == [("layer4", 1e-4), ("head", 1e-2)]
-    with pytest.raises(za.FreezeError, match=r"no lr for trainable \['layer4'\]"):
+    with pytest.raises(za.OptimizerError, match=r"no lr for trainable \['layer4'\]"):
         za.param_groups(resnet, lr={"head": 1e-2})
-    with pytest.raises(za.FreezeError, match="unknown groups"):
+    with pytest.raises(za.OptimizerError, match="unknown groups"):
         za.param_groups(resnet, lr={"layer4": 1e-4, "head": 1e-2, "layer5": 1.0})
 
 
@@ -116,7 +116,7 @@ def test_lr_dict_by_group_name(resnet):
     ],
 )
 def test_bad_learning_rates(resnet, lr, layer_decay, match):
-    with pytest.raises(za.FreezeError, match=match):
+    with pytest.raises(za.OptimizerError, match=match):
         za.param_groups(resnet, lr=lr, layer_decay=layer_decay)
 
 
@@ -143,15 +143,15 @@ def test_weight_decay_defaults_to_the_classes_own(resnet):
     assert by_name(opt.param_groups)["layer1.no_decay"]["weight_decay"] == 0.0
     assert "layer1.no_decay" not in by_name(za.optimizer(resnet, "sgd", lr=1e-3).param_groups)
     assert type(za.optimizer(resnet, "rprop", lr=1e-3)) is torch.optim.Rprop
-    with pytest.raises(za.FreezeError, match="takes no weight_decay"):
+    with pytest.raises(za.OptimizerError, match="takes no weight_decay"):
         za.optimizer(resnet, "rprop", lr=1e-3, weight_decay=0.1)
 
 
 def test_unknown_optimizer_and_nothing_trainable(resnet):
-    with pytest.raises(za.FreezeError, match="unknown optimizer 'adamx'.*AdamW"):
+    with pytest.raises(za.OptimizerError, match="unknown optimizer 'adamx'.*AdamW"):
         za.optimizer(resnet, "adamx", lr=1e-3)
     za.freeze(resnet, 6)
-    with pytest.raises(za.FreezeError, match="no trainable parameters"):
+    with pytest.raises(za.OptimizerError, match="no trainable parameters"):
         za.optimizer(resnet, lr=1e-3)
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from zooadapt import AdaptError
-from zooadapt.surgery import adapt_conv_weight, make_head
+from zooadapt._core.surgery import adapt_conv_weight, make_head
 
 W = torch.randn(8, 3, 5, 5, generator=torch.Generator().manual_seed(0))
 

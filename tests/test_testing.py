@@ -14,7 +14,7 @@ from torch import nn
 
 import zooadapt as za
 from zooadapt import Family, RenameRule, Weights, Zoo, hookimpl
-from zooadapt.anatomy import class_name
+from zooadapt._core.anatomy import class_name
 from zooadapt.testing import (
     ConformanceError,
     ConformanceReport,

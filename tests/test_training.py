@@ -48,7 +48,7 @@ def test_resume_in_a_new_process_matches_an_uninterrupted_run(tmp_path):
     train(model, optimizer, range(3))
     za.unfreeze(model, "layer4", optimizer=optimizer, lr=1e-4)
     train(model, optimizer, range(3, 5))
-    za.save_training(tmp_path / "run.pt", model, optimizer, step=5)
+    za.save_training(model, tmp_path / "run.pt", optimizer, step=5)
     train(model, optimizer, range(5, 7))
     uninterrupted = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -70,7 +70,7 @@ def test_resume_in_a_new_process_matches_an_uninterrupted_run(tmp_path):
 def test_resume_restores_trainable_set_frozen_norms_and_named_groups(tmp_path):
     model, optimizer = start()
     za.unfreeze(model, "layer4", optimizer=optimizer, lr=1e-4)
-    za.save_training(tmp_path / "run.pt", model, optimizer)
+    za.save_training(model, tmp_path / "run.pt", optimizer)
     state = za.load_training(tmp_path / "run.pt")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {n for n, p in state.model.named_parameters() if p.requires_grad} == trainable
@@ -100,7 +100,7 @@ def test_scheduler_state_is_restored(tmp_path):
     for _ in range(3):
         optimizer.step()
         scheduler.step()
-    za.save_training(tmp_path / "run.pt", model, optimizer, scheduler)
+    za.save_training(model, tmp_path / "run.pt", optimizer, scheduler)
     state = za.load_training(
         tmp_path / "run.pt",
         scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5),
@@ -115,7 +115,7 @@ def test_optimizer_with_foreign_tensors_is_refused(tmp_path):
     model, _ = start()
     stranger = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
     with pytest.raises(za.CheckpointError, match="not parameters"):
-        za.save_training(tmp_path / "run.pt", model, stranger)
+        za.save_training(model, tmp_path / "run.pt", stranger)
     assert not (tmp_path / "run.pt").exists()
 
 

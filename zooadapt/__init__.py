@@ -5,11 +5,14 @@ Example:
     >>> model = za.adapt("resnet18", num_classes=10, in_chans=1, pretrained=False)
 """
 
+from zooadapt._core.anatomy import anatomy
+from zooadapt._core.distributed import rewrap, unwrap
+from zooadapt._core.files import read_state_dict
+from zooadapt._core.meta import build_on_meta, meta_copy
+from zooadapt._core.names import list_models
+from zooadapt._core.plugins import PluginManager, get_plugin_manager, make_plugin_manager
 from zooadapt.adapt import adapt
-from zooadapt.anatomy import anatomy
-from zooadapt.benchmark import BenchResult, bench
-from zooadapt.checkpoint import read_state_dict
-from zooadapt.construct import build_on_meta
+from zooadapt.bench import BenchResult, bench
 from zooadapt.errors import (
     AdaptError,
     AmbiguousFamilyError,
@@ -17,6 +20,7 @@ from zooadapt.errors import (
     FamilyNotFoundError,
     FreezeError,
     ModelNotFoundError,
+    OptimizerError,
     PluginError,
     PluginWarning,
     WeightsNotAvailableError,
@@ -26,16 +30,13 @@ from zooadapt.features import FeatureCache, extract_features
 from zooadapt.freeze import freeze, freeze_state, load_freeze_state, unfreeze
 from zooadapt.hookspecs import hookimpl
 from zooadapt.loading import LoadReport, load_weights
-from zooadapt.manager import PluginManager, get_plugin_manager, make_plugin_manager
 from zooadapt.memory import MemoryEstimate, estimate_memory, max_batch_size, parse_bytes
-from zooadapt.names import list_models
 from zooadapt.optim import optimizer, param_groups
 from zooadapt.saving import load, save
 from zooadapt.schedule import FineTuneSchedule
 from zooadapt.summary import summary
 from zooadapt.training import Training, load_training, save_training
 from zooadapt.types import Anatomy, Family, RenameRule, StemLayout, Weights, Zoo
-from zooadapt.wrappers import rewrap, unwrap
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,7 @@ __all__ = [
     "LoadReport",
     "MemoryEstimate",
     "ModelNotFoundError",
+    "OptimizerError",
     "PluginError",
     "PluginManager",
     "PluginWarning",
@@ -81,6 +83,7 @@ __all__ = [
     "load_weights",
     "make_plugin_manager",
     "max_batch_size",
+    "meta_copy",
     "optimizer",
     "param_groups",
     "parse_bytes",

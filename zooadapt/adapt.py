@@ -12,9 +12,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from zooadapt.anatomy import describe
-from zooadapt.checkpoint import read_state_dict
-from zooadapt.construct import build_on_meta, gc_paused
+from zooadapt._core.anatomy import describe
+from zooadapt._core.distributed import unwrap
+from zooadapt._core.files import read_state_dict
+from zooadapt._core.meta import build_on_meta, gc_paused
+from zooadapt._core.names import ModelRef, resolve_name
+from zooadapt._core.plan import plan_surgery
+from zooadapt._core.plugins import PluginManager, get_plugin_manager
+from zooadapt._core.pretrained import ensure_local, select_weights
+from zooadapt._core.surgery import StemInit
 from zooadapt.errors import AdaptError, PluginError, ZooAdaptError
 from zooadapt.freeze import FreezeSpec
 from zooadapt.freeze import freeze as freeze_model
@@ -28,13 +34,7 @@ from zooadapt.loading import (
     rename_keys,
     stem_channels,
 )
-from zooadapt.manager import PluginManager, get_plugin_manager
-from zooadapt.names import ModelRef, resolve_name
-from zooadapt.plan import plan_surgery
-from zooadapt.surgery import StemInit
 from zooadapt.types import Family, Weights
-from zooadapt.weights import ensure_local, select_weights
-from zooadapt.wrappers import unwrap
 
 __all__ = ["adapt", "adapted_from"]
 
@@ -79,7 +79,7 @@ def adapt(
         in_chans: Input channels; the stem is rebuilt from the pretrained filters.
             ``None`` keeps them, or takes the channel count of a checkpoint.
         stem_init: ``"sum"`` (default for 1 channel), ``"repeat"`` (default otherwise),
-            ``"zeros"``, or a channel map; see :func:`zooadapt.surgery.adapt_conv_weight`.
+            ``"zeros"``, or a channel map; see :func:`zooadapt._core.surgery.adapt_conv_weight`.
         pretrained: ``True`` for the zoo's default weights, ``False`` for random
             initialisation, a weights tag (``"IMAGENET1K_V1"``), or a checkpoint path.
             A module argument keeps its own weights unless a path is given.

@@ -12,15 +12,15 @@ from typing import Any
 
 from torch import nn
 
+from zooadapt._core.anatomy import anatomy
+from zooadapt._core.names import list_models, resolve_name
+from zooadapt._core.plugins import PluginManager, get_plugin_manager
+from zooadapt._core.pretrained import available_weights
 from zooadapt.adapt import adapt
-from zooadapt.anatomy import anatomy
 from zooadapt.errors import AdaptError, CheckpointError, ModelNotFoundError, ZooAdaptError
 from zooadapt.freeze import FreezeSpec
-from zooadapt.manager import PluginManager, get_plugin_manager
-from zooadapt.names import list_models, resolve_name
 from zooadapt.summary import summary
 from zooadapt.types import Weights
-from zooadapt.weights import available_weights
 
 __all__ = ["main"]
 
@@ -31,8 +31,8 @@ EPILOG = """examples:
   zooadapt adapt resnet50 --num-classes 10 --freeze backbone --out resnet50-10.safetensors
   zooadapt weights timm/convnext_tiny
   zooadapt plugins --json
-  zooadapt bench resnet50 --freeze none,last,backbone --batch-size 16 --input-size 128
-  zooadapt memory vit_b_16 --freeze none,backbone --batch-size 32 --budget 24GiB
+  zooadapt bench resnet50 --settings none,last,backbone --batch-size 16 --input-size 128
+  zooadapt memory vit_b_16 --settings none,backbone --batch-size 32 --budget 24GiB
 
 add --json to list, info, weights, plugins and memory for output a script can parse;
 --debug (before the command) shows tracebacks.
@@ -63,8 +63,6 @@ def _freeze(value: str) -> FreezeSpec:
     item = items[0]
     if item.lower() == "none":
         return None
-    if item == "last":
-        return -2
     try:
         return int(item)
     except ValueError:
@@ -309,23 +307,33 @@ def _declared(plugin: dict[str, Any]) -> str:
 # -- bench and memory ------------------------------------------------------------------------
 
 
+def _input_size(value: str) -> int | tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not 224, 224,160 or 96,96,96") from None
+    if any(v < 1 for v in sizes):
+        raise argparse.ArgumentTypeError(f"{value!r}: sizes must be positive")
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 def _settings(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from zooadapt.benchmark import bench
+    from zooadapt.bench import bench
     from zooadapt.report import print_table, save_json, save_plot
 
     results = bench(
         args.models,
-        freeze=args.freeze,
+        settings=args.settings,
         batch_size=args.batch_size,
         input_size=args.input_size,
         device=args.device,
         amp=args.amp,
         channels_last=args.channels_last,
-        optimizer=args.optimizer,
+        opt=args.opt,
         warmup=args.warmup,
         steps=args.steps,
     )
@@ -337,21 +345,21 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _cmd_memory(args: argparse.Namespace) -> None:
-    from zooadapt.benchmark import freeze_spec
+    from zooadapt.bench import freeze_spec
     from zooadapt.memory import estimate_memory, max_batch_size, parse_bytes
 
     budget = parse_bytes(args.budget) if args.budget else None
     rows = []
     for name in args.models:
-        for setting in args.freeze:
+        for setting in args.settings:
             options = {
                 "input_size": args.input_size,
                 "freeze": freeze_spec(setting),
-                "optimizer": args.optimizer,
+                "opt": args.opt,
                 "amp": args.amp,
             }
             estimate = estimate_memory(name, batch_size=args.batch_size, **options)
-            row = {**estimate.as_dict(), "model": name, "freeze": setting}
+            row = {**estimate.as_dict(), "model": name, "setting": setting}
             if budget is not None:
                 row["max_batch_size"] = max_batch_size(name, budget, **options)
             rows.append(row)
@@ -359,7 +367,7 @@ def _cmd_memory(args: argparse.Namespace) -> None:
         print(json.dumps(rows, indent=2, default=str))
         return
     for row in rows:
-        line = f"{row['model']:<24} {row['freeze']:<10} batch {args.batch_size}: " + "  ".join(
+        line = f"{row['model']:<24} {row['setting']:<10} batch {args.batch_size}: " + "  ".join(
             f"{k} {_gib(row[k])}" for k in _MEMORY_FIELDS
         )
         if budget is not None:
@@ -377,14 +385,19 @@ def _gib(value: int) -> str:
 def _add_training_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
     parser.add_argument("models", nargs="+", metavar="MODEL")
     parser.add_argument(
-        "--freeze",
+        "--settings",
         type=_settings,
         default=["none", "last", "backbone"],
-        help="comma-separated: none, last (last stage + head), backbone, or group names",
+        help="comma-separated freeze settings: none, last (last stage + head), backbone, "
+        "or group names (frozen up to and including it)",
     )
     parser.add_argument("--batch-size", type=int, default=batch_size)
-    parser.add_argument("--input-size", type=int, default=224)
-    parser.add_argument("--optimizer", default="adamw")
+    parser.add_argument(
+        "--input-size",
+        type=_input_size,
+        help="spatial size: 224, 224,160 or 96,96,96 (default: the model's own)",
+    )
+    parser.add_argument("--opt", default="adamw", help="a torch.optim name (default adamw)")
     parser.add_argument("--amp", choices=("bf16", "fp16"))
 
 

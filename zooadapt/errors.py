@@ -9,6 +9,7 @@ __all__ = [
     "FamilyNotFoundError",
     "FreezeError",
     "ModelNotFoundError",
+    "OptimizerError",
     "PluginError",
     "PluginWarning",
     "WeightsNotAvailableError",
@@ -21,7 +22,15 @@ class ZooAdaptError(Exception):
 
 
 class PluginError(ZooAdaptError):
-    """A plugin failed to load, returned something invalid, or raised inside a hook."""
+    """A plugin failed to load, returned something invalid, or raised inside a hook.
+
+    Attributes:
+        plugin: Name of the plugin at fault, when one is (else ``None``).
+    """
+
+    def __init__(self, message: str, *, plugin: str | None = None) -> None:
+        super().__init__(message)
+        self.plugin = plugin
 
 
 class PluginWarning(UserWarning):
@@ -53,9 +62,16 @@ class CheckpointError(ZooAdaptError):
 
 
 class FreezeError(ZooAdaptError, ValueError):
-    """A freeze, unfreeze or optimizer request does not fit the model.
+    """A freeze or unfreeze request does not fit the model.
 
     Raised for an unknown freeze group (the message lists the valid ones), a parameter
-    regex that matches nothing, invalid learning rates, an unknown optimizer, or an
+    regex that matches nothing, or an invalid ``bn`` policy.
+    """
+
+
+class OptimizerError(ZooAdaptError, ValueError):
+    """An optimizer request is invalid.
+
+    Raised for an unknown optimizer name, invalid learning rates or decay settings, or an
     optimizer that holds tensors which are not parameters of the model.
     """

@@ -48,13 +48,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from zooadapt._core.anatomy import anatomy, class_name
+from zooadapt._core.distributed import unwrap
+from zooadapt._core.files import atomic_write
+from zooadapt._core.plugins import PluginManager
 from zooadapt.adapt import adapted_from
-from zooadapt.anatomy import anatomy, class_name
 from zooadapt.errors import AdaptError, CheckpointError
-from zooadapt.manager import PluginManager
-from zooadapt.saving import atomic_write
 from zooadapt.types import Family
-from zooadapt.wrappers import unwrap
 
 __all__ = ["DEFAULT_SHARD_BYTES", "FeatureCache", "extract_features"]
 

@@ -37,15 +37,16 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from zooadapt.errors import FreezeError
-from zooadapt.manager import PluginManager
+from zooadapt._core.distributed import trainable_ids, unwrap, warn_if_ddp_is_stale
+from zooadapt._core.plugins import PluginManager
+from zooadapt.errors import FreezeError, OptimizerError
 from zooadapt.optim import LearningRate, add_groups, foreign_tensors, held_ids, model_groups
 from zooadapt.types import Family
-from zooadapt.wrappers import trainable_ids, unwrap, warn_if_ddp_is_stale
 
 __all__ = ["BN_POLICIES", "FreezeSpec", "freeze", "freeze_state", "load_freeze_state", "unfreeze"]
 
-#: ``"backbone"``, a group name, an int, a list of group names / parameter regexes, or None.
+#: ``"backbone"``, ``"last"``, a group name, an int, a list of group names / parameter
+#: regexes, or None.
 FreezeSpec = str | int | Sequence[str] | None
 BN_POLICIES = ("frozen", "eval", "train")
 _RECORD = "_zooadapt_freeze"  # plain attribute on the model: {"bn": policy, "norms": [...]}
@@ -98,6 +99,8 @@ def select(
         chosen = _members(groups, order[spec:] if unfreeze else order[:spec])
     elif spec == "backbone":
         chosen = _members(groups, order[:-1])
+    elif spec == "last" and "last" not in groups:
+        chosen = _members(groups, order[:-2] if not unfreeze else order[-2:])
     elif spec in groups:
         index = order.index(spec)
         chosen = _members(groups, order[index:] if unfreeze else order[: index + 1])
@@ -156,7 +159,8 @@ def freeze(
     Args:
         model: A model (wrappers such as DDP are looked through; a DDP model whose
             trainable set changes warns: wrap it again with :func:`zooadapt.rewrap`).
-        spec: ``"backbone"`` (every group but the head, the last group); a group name
+        spec: ``"backbone"`` (every group but the head, the last group); ``"last"``
+            (every group but the last stage and the head: those two train); a group name
             (from the input up to and including it); an int n (the first n groups,
             negative counts from the end: ``-1`` is all but the head); a list of group
             names and/or parameter-name regexes (exactly those); ``None`` (nothing).
@@ -203,7 +207,8 @@ def unfreeze(
     Args:
         model: A model (wrappers such as DDP are looked through; a DDP model whose
             trainable set changes warns: wrap it again with :func:`zooadapt.rewrap`).
-        spec: ``None`` (everything); ``"backbone"`` (all but the head); a group name
+        spec: ``None`` (everything); ``"backbone"`` (all but the head); ``"last"``
+            (the last stage and the head); a group name
             (that group and every group after it, so that ``unfreeze(model, "layer4")``
             after ``freeze(model)`` makes exactly ``layer4`` trainable); an int n
             (``groups[n:]``: ``-2`` is the last two groups); a list of group names and/or
@@ -236,7 +241,7 @@ def unfreeze(
     if optimizer is not None:
         foreign = foreign_tensors(optimizer, root)
         if foreign:
-            raise FreezeError(
+            raise OptimizerError(
                 f"the optimizer holds {foreign} tensor(s) that are not parameters of this "
                 f"{type(root).__name__}; pass the optimizer built for this model"
             )
@@ -244,7 +249,7 @@ def unfreeze(
         missing = [n for n in names if id(params[n]) not in held]
         new_groups = add_groups(optimizer, root, groups, missing, lr=lr)
     elif lr is not None:
-        raise FreezeError("lr= is the learning rate of new optimizer groups: pass optimizer=")
+        raise OptimizerError("lr= is the learning rate of new optimizer groups: pass optimizer=")
     for group in new_groups:
         optimizer.add_param_group(group)  # type: ignore[union-attr]
     before = trainable_ids(root)

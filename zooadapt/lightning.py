@@ -36,7 +36,7 @@ from typing import Any
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from zooadapt.errors import FreezeError
+from zooadapt.errors import OptimizerError
 from zooadapt.freeze import FreezeSpec, freeze, freeze_state, load_freeze_state
 from zooadapt.optim import LearningRate
 from zooadapt.schedule import FineTuneSchedule
@@ -79,7 +79,7 @@ class ZooAdaptFinetuning(pl.Callback):
             allowed); ``None``: the LightningModule itself.
 
     Raises:
-        FreezeError: If both ``lr`` and ``lr_factor`` are given; at fit start, if the
+        OptimizerError: If both ``lr`` and ``lr_factor`` are given; at fit start, if the
             schedule does not fit the model or there is no optimizer.
     """
 
@@ -94,7 +94,7 @@ class ZooAdaptFinetuning(pl.Callback):
         model_attr: str | None = "model",
     ) -> None:
         if lr is not None and lr_factor is not None:
-            raise FreezeError("pass lr or lr_factor, not both")
+            raise OptimizerError("pass lr or lr_factor, not both")
         self.freeze = freeze
         self.milestones = dict(unfreeze or {})
         self.lr = lr
@@ -134,7 +134,7 @@ class ZooAdaptFinetuning(pl.Callback):
         optimizer's state, which needs the same groups in the same order.
         """
         if not trainer.optimizers:
-            raise FreezeError("ZooAdaptFinetuning needs an optimizer from configure_optimizers")
+            raise OptimizerError("ZooAdaptFinetuning needs an optimizer from configure_optimizers")
         model = self.zoo_model(pl_module)
         optimizer = trainer.optimizers[0]
         lr = self.lr

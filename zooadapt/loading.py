@@ -14,20 +14,20 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from zooadapt.anatomy import describe
-from zooadapt.checkpoint import Source, read_state_dict
-from zooadapt.construct import gc_paused
-from zooadapt.errors import CheckpointError
-from zooadapt.manager import PluginManager, get_plugin_manager
-from zooadapt.surgery import (
+from zooadapt._core.anatomy import describe
+from zooadapt._core.distributed import unwrap
+from zooadapt._core.files import Source, read_state_dict
+from zooadapt._core.meta import gc_paused
+from zooadapt._core.plugins import PluginManager, get_plugin_manager
+from zooadapt._core.surgery import (
     StemInit,
     adapt_stem_weight,
     default_stem_init,
     owner_of,
     stem_in_chans,
 )
+from zooadapt.errors import CheckpointError
 from zooadapt.types import Anatomy, Family, RenameRule, StemLayout
-from zooadapt.wrappers import unwrap
 
 __all__ = [
     "GENERIC_RULES",

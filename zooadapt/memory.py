@@ -65,12 +65,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zooadapt._core.anatomy import anatomy, spatial_size
+from zooadapt._core.distributed import unwrap
+from zooadapt._core.meta import meta_copy
+from zooadapt._core.plugins import PluginManager
 from zooadapt.adapt import adapt, adapted_from
 from zooadapt.errors import AdaptError, ZooAdaptError
 from zooadapt.freeze import FreezeSpec
 from zooadapt.freeze import freeze as freeze_model
 from zooadapt.optim import optimizer_class
-from zooadapt.wrappers import unwrap
+from zooadapt.types import Family
 
 __all__ = [
     "MemoryEstimate",
@@ -84,7 +88,6 @@ __all__ = [
 
 #: Half-precision dtype of each ``amp`` setting.
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
-DEFAULT_INPUT_SIZE = 224
 KIB, MIB, GIB = 2**10, 2**20, 2**30
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -138,24 +141,24 @@ class MemoryEstimate(StepMemory):
     Attributes:
         model: Registry name (or class name of a module argument).
         batch_size: Samples per step.
-        input_size: ``(height, width)`` of the input.
+        input_size: Spatial size of the input (``(height, width)``, or with depth).
         in_chans: Input channels.
         freeze: The freeze spec applied (``None``: nothing frozen beyond the model's own).
         dtype: Dtype of the parameters (``"float32"``, ``"bfloat16"``).
         amp: ``"bf16"`` or ``"fp16"`` autocast emulated for the activations, or ``None``.
-        optimizer: Optimizer class name.
+        opt: Optimizer class name.
         trainable_params: Number of trainable parameter elements.
         total_params: Number of parameter elements.
     """
 
     model: str
     batch_size: int
-    input_size: tuple[int, int]
+    input_size: tuple[int, ...]
     in_chans: int
     freeze: FreezeSpec
     dtype: str
     amp: str | None
-    optimizer: str
+    opt: str
     trainable_params: int
     total_params: int
 
@@ -180,13 +183,16 @@ class MemoryEstimate(StepMemory):
         ]
 
     def _setting(self) -> str:
-        height, width = self.input_size
         precision = f"{self.dtype} + {self.amp} autocast" if self.amp else self.dtype
         return (
-            f"{self.model} batch {self.batch_size} at {self.in_chans}x{height}x{width}, "
-            f"freeze={self.freeze!r}, {self.optimizer}, {precision}, "
+            f"{self.model} batch {self.batch_size} at {_by((self.in_chans, *self.input_size))}, "
+            f"freeze={self.freeze!r}, {self.opt}, {precision}, "
             f"{self.trainable_params:,}/{self.total_params:,} params trainable"
         )
+
+
+def _by(sizes: Sequence[int]) -> str:
+    return "x".join(str(v) for v in sizes)
 
 
 def format_bytes(value: int) -> str:
@@ -437,26 +443,27 @@ class _Setup:
     name: str
     model: nn.Module
     low_precision: nn.Module | None  # the amp stand-in that activations are counted on
-    input_size: tuple[int, int]
-    in_chans: int
+    input_shape: tuple[int, ...]  # (channels, *spatial)
     freeze: FreezeSpec
     amp: str | None
-    optimizer: type[torch.optim.Optimizer]
-    optimizer_kwargs: dict[str, Any]
+    opt: type[torch.optim.Optimizer]
+    opt_kwargs: dict[str, Any]
 
 
 def estimate_memory(
     model_or_name: str | nn.Module,
     *,
     batch_size: int,
-    input_size: int | tuple[int, int] | None = None,
+    input_size: int | Sequence[int] | None = None,
     freeze: FreezeSpec = None,
-    optimizer: str | type[torch.optim.Optimizer] = "adamw",
-    optimizer_kwargs: Mapping[str, Any] | None = None,
+    opt: str | type[torch.optim.Optimizer] = "adamw",
+    opt_kwargs: Mapping[str, Any] | None = None,
     num_classes: int | None = None,
     in_chans: int | None = None,
     dtype: torch.dtype | None = None,
     amp: str | None = None,
+    family: str | Family | None = None,
+    plugin_manager: PluginManager | None = None,
     **model_kwargs: Any,
 ) -> MemoryEstimate:
     """Estimate the memory of fine-tuning a model, without a GPU and without allocating it.
@@ -468,17 +475,18 @@ def estimate_memory(
         model_or_name: A registry name (``"resnet50"``, ``"timm/convnext_tiny"``), built
             with random weights on meta, or a module, deep-copied to meta (never changed).
         batch_size: Samples per step.
-        input_size: Side or ``(height, width)`` of the input. ``None`` takes timm's
-            ``pretrained_cfg["input_size"]`` when the model has one, else 224.
+        input_size: Spatial size of the input: an int for every dimension, or a tuple
+            (``(height, width)``, ``(depth, height, width)`` for volumes). ``None`` takes
+            the model's own (``za.anatomy(model).input_size``).
         freeze: Freeze spec as for :func:`zooadapt.freeze` (BatchNorm frozen too):
             ``"backbone"``, a group name, an int or a list. ``None`` freezes nothing (a
             module argument keeps its own ``requires_grad`` flags).
-        optimizer: A ``torch.optim`` class or its name, case-insensitive.
-        optimizer_kwargs: Passed to the optimizer (``{"momentum": 0.9}`` gives SGD a
+        opt: A ``torch.optim`` class or its name, case-insensitive.
+        opt_kwargs: Passed to the optimizer (``{"momentum": 0.9}`` gives SGD a
             momentum buffer); ``lr`` defaults to 1e-3.
         num_classes: Outputs of the head, as for :func:`zooadapt.adapt`.
         in_chans: Input channels, as for :func:`zooadapt.adapt`; ``None`` takes the
-            model's (those of its first convolution, else 3).
+            model's (``za.anatomy(model).in_chans``).
         dtype: Train entirely in this dtype (e.g. ``torch.bfloat16``): parameters,
             gradients, optimizer state and activations.
         amp: ``"bf16"`` or ``"fp16"``: mixed precision. Parameters, gradients and optimizer
@@ -486,6 +494,9 @@ def estimate_memory(
             model, plus the half-precision copies autocast makes of every saved weight
             with two or more dimensions. This approximates autocast, which keeps some
             operations (normalisation, softmax, losses) in float32.
+        family: Force the family by name, or pass a :class:`Family`.
+        plugin_manager: Defaults to the one the model's family was found with, else the
+            shared manager with every installed plugin.
         **model_kwargs: Passed to the zoo's builder (a name only).
 
     Returns:
@@ -495,20 +506,21 @@ def estimate_memory(
         AdaptError: For a bad batch size, input size, dtype or amp, an input the model
             cannot take (naming the model, the size and the model's complaint), or an
             optimizer that cannot step.
-        FreezeError: For an unknown optimizer or freeze group, as :func:`zooadapt.optimizer`
-            and :func:`zooadapt.freeze` raise them.
+        OptimizerError: For an unknown optimizer, as :func:`zooadapt.optimizer` raises it.
+        FreezeError: For an unknown freeze group, as :func:`zooadapt.freeze` raises it.
     """
     _check_batch_size(batch_size)
     setup = _prepare(
         model_or_name,
         input_size=input_size,
         freeze=freeze,
-        optimizer=optimizer,
-        optimizer_kwargs=optimizer_kwargs,
+        opt=opt,
+        opt_kwargs=opt_kwargs,
         num_classes=num_classes,
         in_chans=in_chans,
         dtype=dtype,
         amp=amp,
+        lookup={"family": family, "plugin_manager": plugin_manager},
         model_kwargs=model_kwargs,
     )
     return _estimate(setup, batch_size)
@@ -518,14 +530,16 @@ def max_batch_size(
     model_or_name: str | nn.Module,
     budget: int | str,
     *,
-    input_size: int | tuple[int, int] | None = None,
+    input_size: int | Sequence[int] | None = None,
     freeze: FreezeSpec = None,
-    optimizer: str | type[torch.optim.Optimizer] = "adamw",
-    optimizer_kwargs: Mapping[str, Any] | None = None,
+    opt: str | type[torch.optim.Optimizer] = "adamw",
+    opt_kwargs: Mapping[str, Any] | None = None,
     num_classes: int | None = None,
     in_chans: int | None = None,
     dtype: torch.dtype | None = None,
     amp: str | None = None,
+    family: str | Family | None = None,
+    plugin_manager: PluginManager | None = None,
     **model_kwargs: Any,
 ) -> int:
     """The largest batch size whose estimated ``total`` fits in ``budget``; 0 if none does.
@@ -541,12 +555,14 @@ def max_batch_size(
         budget: Bytes, or a size string such as ``"24GiB"`` (see :func:`parse_bytes`).
         input_size: As for :func:`estimate_memory`.
         freeze: As for :func:`estimate_memory`.
-        optimizer: As for :func:`estimate_memory`.
-        optimizer_kwargs: As for :func:`estimate_memory`.
+        opt: As for :func:`estimate_memory`.
+        opt_kwargs: As for :func:`estimate_memory`.
         num_classes: As for :func:`estimate_memory`.
         in_chans: As for :func:`estimate_memory`.
         dtype: As for :func:`estimate_memory`.
         amp: As for :func:`estimate_memory`.
+        family: As for :func:`estimate_memory`.
+        plugin_manager: As for :func:`estimate_memory`.
         **model_kwargs: As for :func:`estimate_memory`.
 
     Raises:
@@ -558,12 +574,13 @@ def max_batch_size(
         model_or_name,
         input_size=input_size,
         freeze=freeze,
-        optimizer=optimizer,
-        optimizer_kwargs=optimizer_kwargs,
+        opt=opt,
+        opt_kwargs=opt_kwargs,
         num_classes=num_classes,
         in_chans=in_chans,
         dtype=dtype,
         amp=amp,
+        lookup={"family": family, "plugin_manager": plugin_manager},
         model_kwargs=model_kwargs,
     )
 
@@ -596,21 +613,23 @@ def _check_batch_size(batch_size: object) -> None:
 def _prepare(
     model_or_name: str | nn.Module,
     *,
-    input_size: int | tuple[int, int] | None,
+    input_size: int | Sequence[int] | None,
     freeze: FreezeSpec,
-    optimizer: str | type[torch.optim.Optimizer],
-    optimizer_kwargs: Mapping[str, Any] | None,
+    opt: str | type[torch.optim.Optimizer],
+    opt_kwargs: Mapping[str, Any] | None,
     num_classes: int | None,
     in_chans: int | None,
     dtype: torch.dtype | None,
     amp: str | None,
+    lookup: dict[str, Any],
     model_kwargs: dict[str, Any],
 ) -> _Setup:
     """Check the arguments, then build the model on meta, frozen and in training mode."""
-    cls = optimizer_class(optimizer)  # an unknown name fails before any model is built
+    cls = optimizer_class(opt)  # an unknown name fails before any model is built
     _check_precision(dtype, amp)
-    size = _check_input_size(input_size)
-    name, model = _meta_model(model_or_name, num_classes, in_chans, model_kwargs)
+    name, model = _meta_model(model_or_name, num_classes, in_chans, lookup, model_kwargs)
+    anat = anatomy(model)
+    size = spatial_size(input_size, anat.spatial_dims) or anat.input_size
     model.train()
     if freeze is not None:
         freeze_model(model, freeze)
@@ -621,12 +640,11 @@ def _prepare(
         name,
         model,
         low,
-        size or _default_input_size(model),
-        in_chans or _input_channels(model),
+        anat.input_shape(1, size)[1:],
         tuple(freeze) if isinstance(freeze, list) else freeze,
         amp,
         cls,
-        {"lr": 1e-3, **(optimizer_kwargs or {})},
+        {"lr": 1e-3, **(opt_kwargs or {})},
     )
 
 
@@ -641,23 +659,11 @@ def _check_precision(dtype: torch.dtype | None, amp: str | None) -> None:
         )
 
 
-def _check_input_size(size: object) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    pair = (size, size) if isinstance(size, int) else size
-    if (
-        isinstance(pair, (tuple, list))
-        and len(pair) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair)
-    ):
-        return (pair[0], pair[1])
-    raise AdaptError(f"input_size must be a positive int or (height, width), got {size!r}")
-
-
 def _meta_model(
     model_or_name: str | nn.Module,
     num_classes: int | None,
     in_chans: int | None,
+    lookup: dict[str, Any],
     model_kwargs: dict[str, Any],
 ) -> tuple[str, nn.Module]:
     """The model on meta and its name; a module argument is copied, never changed."""
@@ -668,6 +674,7 @@ def _meta_model(
             in_chans=in_chans,
             pretrained=False,
             device="meta",
+            **lookup,
             **model_kwargs,
         )
         return str(model_or_name), model
@@ -675,40 +682,11 @@ def _meta_model(
         raise AdaptError(f"model keyword arguments {sorted(model_kwargs)} need a model name")
     source = unwrap(model_or_name)
     origin = adapted_from(source)
-    model = _meta_copy(source)
+    anatomy(source, **lookup)  # resolve the family on the source: the copy carries it
+    model = meta_copy(source)
     if num_classes is not None or in_chans is not None:
         adapt(model, num_classes=num_classes, in_chans=in_chans)
     return (origin["model"] if origin else type(source).__name__), model
-
-
-def _meta_copy(module: nn.Module) -> nn.Module:
-    """A deep copy of ``module`` with every parameter and buffer on the meta device.
-
-    No data is copied: the copy allocates nothing, whatever the size of the model.
-    ``requires_grad`` flags, hooks and modes are kept; ``module`` is not touched.
-    """
-    memo: dict[int, Any] = {}
-    for param in module.parameters():
-        memo[id(param)] = nn.Parameter(param.detach().to("meta"), param.requires_grad)
-    for buffer in module.buffers():
-        memo[id(buffer)] = buffer.detach().to("meta")
-    return copy.deepcopy(module, memo)
-
-
-def _default_input_size(model: nn.Module) -> tuple[int, int]:
-    config = getattr(model, "pretrained_cfg", None) or {}
-    size = config.get("input_size") if isinstance(config, Mapping) else None
-    if isinstance(size, (tuple, list)) and len(size) == 3:
-        return (int(size[1]), int(size[2]))
-    return (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE)
-
-
-def _input_channels(model: nn.Module) -> int:
-    """Input channels of the first convolution (the stem of a vision model), else 3."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    return 3
 
 
 def _estimate(setup: _Setup, batch_size: int) -> MemoryEstimate:
@@ -733,12 +711,12 @@ def _estimate(setup: _Setup, batch_size: int) -> MemoryEstimate:
         transient=transient,
         model=setup.name,
         batch_size=batch_size,
-        input_size=setup.input_size,
-        in_chans=setup.in_chans,
+        input_size=setup.input_shape[1:],
+        in_chans=setup.input_shape[0],
         freeze=setup.freeze,
         dtype=str(dtype).removeprefix("torch."),
         amp=setup.amp,
-        optimizer=setup.optimizer.__name__,
+        opt=setup.opt.__name__,
         trainable_params=sum(p.numel() for p in trainable),
         total_params=sum(p.numel() for p in model.parameters()),
     )
@@ -754,8 +732,7 @@ def _run_forward_backward(
     backward: bool = True,
 ) -> tuple[int, int]:
     """Saved and largest-layer bytes of one forward (and backward) on meta, clear errors."""
-    height, width = setup.input_size
-    shape = (batch_size, setup.in_chans, height, width)
+    shape = (batch_size, *setup.input_shape)
     batch = torch.empty(shape, dtype=dtype, device="meta")
     loss = _mean_loss if backward else _no_backward
     try:
@@ -765,7 +742,7 @@ def _run_forward_backward(
     except Exception as err:
         raise AdaptError(
             f"{setup.name} cannot train on inputs of shape {tuple(shape)} (input_size "
-            f"{height}x{width}, {setup.in_chans} channels): {type(err).__name__}: {err}; "
+            f"{_by(shape[2:])}, {shape[1]} channels): {type(err).__name__}: {err}; "
             "choose another input_size or batch_size"
         ) from err
 
@@ -784,7 +761,7 @@ def _optimizer_state(setup: _Setup, trainable: list[nn.Parameter]) -> int:
     if not trainable:
         return 0
     try:
-        opt = setup.optimizer(trainable, **setup.optimizer_kwargs)
+        opt = setup.opt(trainable, **setup.opt_kwargs)
         opt.step()
         return _state_bytes(opt)
     except Exception as err:  # noqa: BLE001 - retry with values, then report
@@ -800,12 +777,12 @@ _CPU_STATE: dict[tuple[Any, ...], int] = {}
 
 
 def _state_on_cpu(setup: _Setup, shape: torch.Size, dtype: torch.dtype) -> int:
-    kwargs = tuple(sorted((k, repr(v)) for k, v in setup.optimizer_kwargs.items()))
-    key = (setup.optimizer, kwargs, tuple(shape), dtype)
+    kwargs = tuple(sorted((k, repr(v)) for k, v in setup.opt_kwargs.items()))
+    key = (setup.opt, kwargs, tuple(shape), dtype)
     if key not in _CPU_STATE:
         stand_in = nn.Parameter(torch.zeros(shape, dtype=dtype))
         stand_in.grad = torch.zeros_like(stand_in)
-        opt = setup.optimizer([stand_in], **setup.optimizer_kwargs)
+        opt = setup.opt([stand_in], **setup.opt_kwargs)
         opt.step()
         _CPU_STATE[key] = _state_bytes(opt)
     return _CPU_STATE[key]
@@ -813,6 +790,6 @@ def _state_on_cpu(setup: _Setup, shape: torch.Size, dtype: torch.dtype) -> int:
 
 def _optimizer_error(setup: _Setup, err: BaseException) -> AdaptError:
     return AdaptError(
-        f"optimizer {setup.optimizer.__name__} cannot step on {setup.name} "
-        f"(kwargs {setup.optimizer_kwargs}): {type(err).__name__}: {err}"
+        f"optimizer {setup.opt.__name__} cannot step on {setup.name} "
+        f"(kwargs {setup.opt_kwargs}): {type(err).__name__}: {err}"
     )

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from zooadapt.anatomy import anatomy
-from zooadapt.errors import FreezeError
-from zooadapt.manager import PluginManager
+from zooadapt._core.anatomy import anatomy
+from zooadapt._core.distributed import unwrap
+from zooadapt._core.plugins import PluginManager
+from zooadapt.errors import OptimizerError
 from zooadapt.types import Family
-from zooadapt.wrappers import unwrap
 
 __all__ = ["LearningRate", "optimizer", "optimizer_class", "param_groups"]
 
@@ -50,7 +50,7 @@ def optimizer_class(name_or_class: str | type[torch.optim.Optimizer]) -> type:
     """Resolve ``"adamw"``, ``"SGD"`` or an optimizer class to the class.
 
     Raises:
-        FreezeError: If ``torch.optim`` has no optimizer of that name (case-insensitive).
+        OptimizerError: If ``torch.optim`` has no optimizer of that name (case-insensitive).
     """
     if isinstance(name_or_class, type) and issubclass(name_or_class, torch.optim.Optimizer):
         return name_or_class
@@ -64,7 +64,12 @@ def optimizer_class(name_or_class: str | type[torch.optim.Optimizer]) -> type:
     if isinstance(name_or_class, str) and name_or_class.lower() in known:
         return known[name_or_class.lower()]
     names = ", ".join(sorted(cls.__name__ for cls in known.values()))
-    raise FreezeError(f"unknown optimizer {name_or_class!r}; torch.optim has: {names}")
+    raise OptimizerError(f"unknown optimizer {name_or_class!r}; torch.optim has: {names}")
+
+
+#: Attribute of an optimizer built by :func:`optimizer`: the settings that
+#: :func:`zooadapt.unfreeze` applies to the groups it adds.
+SETTINGS = "_zooadapt_settings"
 
 
 def group_lrs(
@@ -84,7 +89,7 @@ def group_lrs(
             (head = 0) by ``layer_decay ** i``; needs a number ``lr``.
 
     Raises:
-        FreezeError: If a value is invalid or a trainable group is missing from a mapping.
+        OptimizerError: If a value is invalid or a trainable group is missing from a mapping.
     """
     count = len(trainable)
     if isinstance(lr, Mapping):
@@ -95,16 +100,16 @@ def group_lrs(
     elif _is_number(lr):
         lrs = [float(lr)] * count
     else:
-        raise FreezeError(f"lr must be a number, a (low, high) tuple or a dict; got {lr!r}")
+        raise OptimizerError(f"lr must be a number, a (low, high) tuple or a dict; got {lr!r}")
     if layer_decay is not None:
         if not _is_number(lr):
-            raise FreezeError("layer_decay needs a single number lr (the head's)")
+            raise OptimizerError("layer_decay needs a single number lr (the head's)")
         if not _is_number(layer_decay) or layer_decay <= 0:
-            raise FreezeError(f"layer_decay must be a positive number, got {layer_decay!r}")
+            raise OptimizerError(f"layer_decay must be a positive number, got {layer_decay!r}")
         lrs = [value * layer_decay ** (count - 1 - i) for i, value in enumerate(lrs)]
     bad = [value for value in lrs if not (math.isfinite(value) and value >= 0)]
     if bad:
-        raise FreezeError(f"learning rates must be finite and non-negative, got {bad}")
+        raise OptimizerError(f"learning rates must be finite and non-negative, got {bad}")
     return lrs
 
 
@@ -117,15 +122,15 @@ def _check_mapping(lr: Mapping[str, float], trainable: Sequence[str], valid: Seq
     missing = [name for name in trainable if name not in lr]
     if unknown or missing:
         problem = f"unknown groups {unknown}" if unknown else f"no lr for trainable {missing}"
-        raise FreezeError(f"lr dict: {problem}; groups: {', '.join(valid)}")
+        raise OptimizerError(f"lr dict: {problem}; groups: {', '.join(valid)}")
 
 
 def _spread(lr: Sequence[float], count: int) -> list[float]:
     if len(lr) != 2 or not all(_is_number(v) for v in lr):
-        raise FreezeError(f"an lr range is a (low, high) pair of numbers, got {lr!r}")
+        raise OptimizerError(f"an lr range is a (low, high) pair of numbers, got {lr!r}")
     low, high = float(lr[0]), float(lr[1])
     if not (0 < low <= high and math.isfinite(high)):
-        raise FreezeError(f"an lr range needs 0 < low <= high, got ({low}, {high})")
+        raise OptimizerError(f"an lr range needs 0 < low <= high, got ({low}, {high})")
     if count == 1:
         return [high]
     ratio = high / low
@@ -187,10 +192,10 @@ def build_groups(
     """Optimizer groups for the parameters ``names``, one (or two) per freeze group.
 
     Raises:
-        FreezeError: If ``names`` is empty or a learning rate or weight decay is invalid.
+        OptimizerError: If ``names`` is empty or a learning rate or weight decay is invalid.
     """
     if not _is_number(weight_decay) or weight_decay < 0:
-        raise FreezeError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
+        raise OptimizerError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
     wanted = set(names)
     params = dict(unwrap(model).named_parameters())
     members = {
@@ -199,7 +204,7 @@ def build_groups(
     }
     members = {group: named for group, named in members.items() if named}
     if not members:
-        raise FreezeError("no trainable parameters: every parameter is frozen")
+        raise OptimizerError("no trainable parameters: every parameter is frozen")
     lrs = group_lrs(list(members), list(groups), lr, layer_decay)
     skip = no_decay_names(model, no_decay) if weight_decay > 0 else set()
     out = []
@@ -241,7 +246,7 @@ def param_groups(
         A list of dicts, input to output, ready for ``torch.optim.SGD(groups, ...)``.
 
     Raises:
-        FreezeError: If nothing is trainable or a learning rate is invalid.
+        OptimizerError: If nothing is trainable or a learning rate is invalid.
 
     Example:
         >>> za.freeze(model, "layer2")
@@ -276,7 +281,7 @@ def _default_weight_decay(cls: type) -> float | None:
 
 def optimizer(
     model: nn.Module,
-    name_or_class: str | type[torch.optim.Optimizer] = "adamw",
+    opt: str | type[torch.optim.Optimizer] = "adamw",
     *,
     lr: LearningRate,
     weight_decay: float | None = None,
@@ -290,8 +295,9 @@ def optimizer(
 
     Args:
         model: A model (wrappers such as DDP are looked through).
-        name_or_class: A ``torch.optim`` class or its name, case-insensitive
-            (``"adamw"``, ``"SGD"``).
+        opt: A ``torch.optim`` class or its name, case-insensitive (``"adamw"``,
+            ``"SGD"``); everywhere in zooadapt ``opt`` names an optimizer class and
+            ``optimizer`` is an optimizer instance.
         lr: As in :func:`param_groups`. The optimizer's default lr (used by
             :func:`zooadapt.unfreeze` for new groups when it gets no ``lr``) is the head's.
         weight_decay: ``None`` uses the optimizer class's own default (AdamW: 0.01,
@@ -306,17 +312,17 @@ def optimizer(
         The optimizer; ``[g["name"] for g in opt.param_groups]`` lists its groups.
 
     Raises:
-        FreezeError: If the optimizer is unknown, nothing is trainable, a learning rate is
+        OptimizerError: If the optimizer is unknown, nothing is trainable, a learning rate is
             invalid, or the class takes no weight decay but one was asked for.
 
     Example:
         >>> opt = za.optimizer(model, "sgd", lr=0.01, layer_decay=0.7, momentum=0.9)
     """
-    cls = optimizer_class(name_or_class)
+    cls = optimizer_class(opt)
     default = _default_weight_decay(cls)
     decay = (default or 0.0) if weight_decay is None else weight_decay
     if default is None and decay:
-        raise FreezeError(f"{cls.__name__} takes no weight_decay, got {decay}")
+        raise OptimizerError(f"{cls.__name__} takes no weight_decay, got {decay}")
     groups = param_groups(
         model,
         lr=lr,
@@ -328,7 +334,9 @@ def optimizer(
     )
     if default is not None:
         kwargs["weight_decay"] = decay
-    return cls(groups, lr=groups[-1]["lr"], **kwargs)
+    built = cls(groups, lr=groups[-1]["lr"], **kwargs)
+    built.__dict__[SETTINGS] = {"no_decay": tuple(no_decay), "layer_decay": layer_decay}
+    return built
 
 
 def add_groups(
@@ -341,17 +349,40 @@ def add_groups(
 ) -> list[dict[str, Any]]:
     """Build (without adding) the groups that put parameters ``names`` into ``optimizer``.
 
-    Weight decay and the no-decay split follow ``optimizer.defaults["weight_decay"]``;
-    ``lr=None`` uses ``optimizer.defaults["lr"]``.
+    Weight decay and the no-decay split follow ``optimizer.defaults["weight_decay"]``
+    and the ``no_decay`` regexes :func:`optimizer` was given. ``lr=None`` uses
+    ``optimizer.defaults["lr"]`` (the head's), scaled by :func:`optimizer`'s
+    ``layer_decay`` for the group's depth below the head once ``names`` train too.
     """
     if not names:
         return []
+    settings = optimizer.__dict__.get(SETTINGS, {})
     decay = optimizer.defaults.get("weight_decay", 0.0)
     decay = float(decay) if _is_number(decay) else 0.0
     rate = optimizer.defaults["lr"] if lr is None else lr
     if isinstance(rate, torch.Tensor):
         rate = float(rate)
-    return build_groups(model, groups, names, lr=rate, weight_decay=decay)
+    if lr is None and settings.get("layer_decay") is not None:
+        rate = _decayed(model, groups, names, float(rate), settings["layer_decay"])
+    no_decay = settings.get("no_decay", ())
+    return build_groups(model, groups, names, lr=rate, weight_decay=decay, no_decay=no_decay)
+
+
+def _decayed(
+    model: nn.Module,
+    groups: Mapping[str, Sequence[str]],
+    names: Sequence[str],
+    head_lr: float,
+    layer_decay: float,
+) -> dict[str, float]:
+    """Learning rates of the groups of ``names`` by depth below the head, as ``optimizer``."""
+    new = set(names)
+    trainable = {n for n, p in unwrap(model).named_parameters() if p.requires_grad} | new
+    order = [g for g, members in groups.items() if any(n in trainable for n in members)]
+    rates = group_lrs(order, list(groups), head_lr, layer_decay)
+    return {
+        g: rate for g, rate in zip(order, rates, strict=True) if any(n in new for n in groups[g])
+    }
 
 
 def foreign_tensors(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:

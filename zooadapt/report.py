@@ -7,15 +7,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from zooadapt.benchmark import BenchResult
+from zooadapt._core.files import atomic_write
+from zooadapt.bench import BenchResult
 from zooadapt.errors import AdaptError
-from zooadapt.saving import atomic_write
 
 __all__ = ["markdown_table", "print_table", "save_json", "save_plot"]
 
 COLUMNS = (
     "model",
-    "freeze",
+    "setting",
     "step ms",
     "samples/s",
     "step / inference",
@@ -32,11 +32,11 @@ MIB = 2**20
 
 def _row(r: BenchResult) -> list[str]:
     if r.error:
-        return [r.model, r.freeze, r.error, *[""] * (len(COLUMNS) - 3)]
+        return [r.model, r.setting, r.error, *[""] * (len(COLUMNS) - 3)]
     peak = f"{r.peak_bytes / MIB:.0f}" if r.peak_bytes is not None else "-"
     return [
         r.model,
-        r.freeze,
+        r.setting,
         f"{r.step_ms:.1f}",
         f"{r.samples_per_s:.1f}",
         f"{r.ratio:.3f}",
@@ -96,18 +96,18 @@ def save_plot(results: Sequence[BenchResult], path: str | os.PathLike[str]) -> N
         raise AdaptError("--plot needs matplotlib: pip install 'zooadapt[bench]'") from err
     done = [r for r in results if not r.error]
     models = list(dict.fromkeys(r.model for r in done))
-    settings = list(dict.fromkeys(r.freeze for r in done))
+    settings = list(dict.fromkeys(r.setting for r in done))
     fig, axes = plt.subplots(1, 2, figsize=(5 + 2 * len(models), 4))
     width = 0.8 / max(len(settings), 1)
     for i, setting in enumerate(settings):
-        by_model = {r.model: r for r in done if r.freeze == setting}
+        by_model = {r.model: r for r in done if r.setting == setting}
         xs = [m + i * width for m in range(len(models))]
         axes[0].bar(xs, [_value(by_model, m, "step_ms") for m in models], width, label=setting)
         axes[1].bar(xs, [_memory(by_model.get(m)) / MIB for m in models], width, label=setting)
     for ax, label in zip(axes, ("train step (ms)", "memory (MiB)"), strict=True):
         ax.set_xticks([m + width * (len(settings) - 1) / 2 for m in range(len(models))], models)
         ax.set_ylabel(label)
-        ax.legend(title="freeze")
+        ax.legend(title="setting")
     fig.tight_layout()
     with atomic_write(path) as temporary:
         fig.savefig(temporary, format="png", dpi=120)

@@ -7,24 +7,23 @@ alone.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from zooadapt._core.anatomy import anatomy, class_name
+from zooadapt._core.distributed import full_state_dict, is_writer, unwrap
+from zooadapt._core.files import atomic_write
+from zooadapt._core.plugins import PluginManager
 from zooadapt.adapt import adapt, adapted_from
-from zooadapt.anatomy import anatomy
-from zooadapt.errors import CheckpointError
-from zooadapt.manager import PluginManager
-from zooadapt.surgery import head_out_features
-from zooadapt.wrappers import full_state_dict, is_writer, unwrap
+from zooadapt.errors import CheckpointError, FamilyNotFoundError
+from zooadapt.types import Family
 
-__all__ = ["atomic_write", "describe_adapted", "load", "read_metadata", "rebuild", "save"]
+__all__ = ["describe_adapted", "load", "read_metadata", "rebuild", "save"]
 
 FORMAT = "zooadapt/1"
 
@@ -35,48 +34,32 @@ def _version() -> str:
     return __version__
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
-
-    The temporary file is fsynced and renamed over ``path``, then the directory is
-    fsynced, so a crash leaves either the old file or the new one, never a partial one.
-    On any exception the temporary file is removed and ``path`` is untouched.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        yield temporary
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def describe_adapted(
-    model: nn.Module, plugin_manager: PluginManager | None = None
+    model: nn.Module,
+    *,
+    family: str | Family | None = None,
+    plugin_manager: PluginManager | None = None,
 ) -> dict[str, Any]:
-    """How to rebuild ``model``: registry name, builder arguments, classes, channels."""
+    """How to rebuild ``model``: registry name, builder arguments, classes, channels.
+
+    Read from :func:`zooadapt.anatomy`; a model no family understands is described by
+    its class alone (``family``, ``num_classes`` and ``in_chans`` are ``None``).
+    """
     model = unwrap(model)
     origin = adapted_from(model) or {}
-    anat = anatomy(model, plugin_manager=plugin_manager)
-    stem = model.get_submodule(anat.stem) if anat.stem else None
+    try:
+        anat = anatomy(model, family=family, plugin_manager=plugin_manager)
+    except FamilyNotFoundError:
+        anat = None
     return {
         "format": FORMAT,
         "zooadapt_version": _version(),
         "model": origin.get("model", ""),
         "model_kwargs": origin.get("model_kwargs", {}),
-        "family": anat.family,
-        "num_classes": head_out_features(model.get_submodule(anat.head[0])),
-        "in_chans": int(stem.weight.shape[1]) if stem is not None else None,
+        "class": class_name(type(model)),
+        "family": anat.family if anat else None,
+        "num_classes": anat.num_classes if anat else None,
+        "in_chans": anat.in_chans if anat else None,
     }
 
 
@@ -84,6 +67,7 @@ def save(
     model: nn.Module,
     path: str | os.PathLike[str],
     *,
+    family: str | Family | None = None,
     plugin_manager: PluginManager | None = None,
 ) -> Path:
     """Write ``model``'s weights as safetensors with the metadata :func:`load` needs.
@@ -97,7 +81,10 @@ def save(
     Args:
         model: An adapted model (wrappers such as DataParallel are accepted).
         path: Destination file, replaced atomically.
-        plugin_manager: Defaults to the shared manager with every installed plugin.
+        family: Force a family by name, or pass a :class:`Family`; by default the one
+            the model's family was resolved with before.
+        plugin_manager: Defaults to the one the model's family was found with, else the
+            shared manager with every installed plugin.
 
     Returns:
         The path (written by this process or, in a distributed run, by rank 0).
@@ -108,7 +95,7 @@ def save(
     """
     from safetensors.torch import save_file
 
-    info = describe_adapted(model, plugin_manager)
+    info = describe_adapted(model, family=family, plugin_manager=plugin_manager)
     try:
         metadata = {"zooadapt": json.dumps(info)}
     except TypeError as err:

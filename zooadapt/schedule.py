@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from zooadapt._core.distributed import unwrap
+from zooadapt._core.plugins import PluginManager
 from zooadapt.errors import FreezeError
 from zooadapt.freeze import FreezeSpec, freeze, select, unfreeze
-from zooadapt.manager import PluginManager
 from zooadapt.optim import LearningRate, model_groups
 from zooadapt.types import Family
-from zooadapt.wrappers import unwrap
 
 __all__ = ["FineTuneSchedule"]
 

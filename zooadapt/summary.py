@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from zooadapt.anatomy import anatomy
-from zooadapt.manager import PluginManager
+from zooadapt._core.anatomy import anatomy
+from zooadapt._core.plugins import PluginManager
 from zooadapt.types import Family
 
 __all__ = ["summary"]

@@ -17,13 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zooadapt.errors import CheckpointError
-from zooadapt.freeze import freeze_state, load_freeze_state
-from zooadapt.loading import load_weights
-from zooadapt.manager import PluginManager
-from zooadapt.optim import foreign_tensors
-from zooadapt.saving import atomic_write, describe_adapted, rebuild
-from zooadapt.wrappers import (
+from zooadapt._core.distributed import (
     full_optimizer_state_dict,
     full_state_dict,
     is_sharded,
@@ -32,6 +26,13 @@ from zooadapt.wrappers import (
     load_full_state_dict,
     unwrap,
 )
+from zooadapt._core.files import atomic_write
+from zooadapt._core.plugins import PluginManager
+from zooadapt.errors import CheckpointError
+from zooadapt.freeze import freeze_state, load_freeze_state
+from zooadapt.loading import load_weights
+from zooadapt.optim import foreign_tensors
+from zooadapt.saving import describe_adapted, rebuild
 
 __all__ = ["Training", "load_training", "save_training"]
 
@@ -49,8 +50,8 @@ class Training:
 
 
 def save_training(
-    path: str | os.PathLike[str],
     model: nn.Module,
+    path: str | os.PathLike[str],
     optimizer: torch.optim.Optimizer,
     scheduler: Any = None,
     **extra: Any,
@@ -61,9 +62,11 @@ def save_training(
     global rank 0 alone, full and unwrapped, as :func:`zooadapt.save` does (call it on
     every rank for a sharded model: weights and optimizer state are gathered collectively).
 
+    The model comes first and the path second, as in :func:`zooadapt.save`.
+
     Args:
-        path: Destination file (a torch file readable with ``weights_only=True``).
         model: The model being trained (wrappers such as DDP are accepted).
+        path: Destination file (a torch file readable with ``weights_only=True``).
         optimizer: Its optimizer; every parameter it holds must belong to ``model``.
         scheduler: Optional learning-rate scheduler (anything with ``state_dict``).
         **extra: Plain data to restore too (epoch, step, a schedule's ``state_dict()``).
@@ -71,6 +74,11 @@ def save_training(
     Returns:
         The path (written by this process or, in a distributed run, by rank 0).
     """
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(
+            f"save_training takes the model first and the path second, as za.save does: "
+            f"save_training(model, path, optimizer); got {type(model).__name__} first"
+        )
     root = unwrap(model)
     foreign = foreign_tensors(optimizer, root)
     if foreign:

@@ -94,6 +94,11 @@ class Family:
             encoder); it is undone if a later step fails.
         stem_layout: How the stem's weight folds input channels (:class:`StemLayout`),
             as data or as a function of the model.
+        input_size: The spatial input size the model is made for (``(224, 224)``, or
+            ``(96, 96, 96)`` for volumes), as data or a function of the model; ``None``
+            means 224 per spatial dimension (96 for volumes).
+        spatial_dims: 2 for images, 3 for volumes, as data or a function of the model;
+            ``None`` takes it from the stem (``Conv3d``: 3).
         fallback: Generic family that claims any model, used only when nothing else does.
     """
 
@@ -108,6 +113,8 @@ class Family:
     stem_overrides: Mapping[str, Any] = field(default_factory=dict, compare=False)
     reset_head: Callable[[nn.Module, int], None] | None = None
     stem_layout: StemLayout | Callable[[nn.Module], StemLayout] = StemLayout()
+    input_size: Sequence[int] | Callable[[nn.Module], Sequence[int]] | None = None
+    spatial_dims: int | Callable[[nn.Module], int] | None = None
     fallback: bool = False
 
     def __post_init__(self) -> None:
@@ -134,6 +141,24 @@ class Family:
     def stem_layout_of(self, model: nn.Module) -> StemLayout:
         """Return the :class:`StemLayout` of ``model``'s stem."""
         return self.stem_layout(model) if callable(self.stem_layout) else self.stem_layout
+
+    def input_size_of(self, model: nn.Module) -> tuple[int, ...] | None:
+        """The declared spatial input size for ``model``, or ``None``."""
+        size = self.input_size(model) if callable(self.input_size) else self.input_size
+        return None if size is None else tuple(int(v) for v in size)
+
+    def spatial_dims_of(self, model: nn.Module, stem: str | None) -> int:
+        """Spatial dimensions of ``model``'s input: declared, else from its stem layer."""
+        if self.spatial_dims is not None:
+            dims = self.spatial_dims(model) if callable(self.spatial_dims) else self.spatial_dims
+            return int(dims)
+        from torch.nn.modules.conv import _ConvNd
+
+        layer = model.get_submodule(stem) if stem else None
+        if isinstance(layer, _ConvNd):
+            return len(layer.kernel_size)
+        size = self.input_size_of(model)
+        return len(size) if size is not None else 2
 
     def group_patterns(self, model: nn.Module) -> tuple[tuple[str, str], ...]:
         """Return ``(group name, regex)`` pairs for ``model``, input to output."""
@@ -205,7 +230,10 @@ class Zoo:
 
 @dataclass(frozen=True)
 class Anatomy:
-    """What the plugins say about one model instance.
+    """The one description of a model instance, computed once from its family.
+
+    ``za.anatomy(model)`` returns it; every zooadapt function reads it rather than
+    working these facts out again. ``adapt`` keeps it up to date.
 
     Attributes:
         family: Name of the owning family.
@@ -215,6 +243,11 @@ class Anatomy:
         groups: Group name -> parameter names, input to output, head last.
         stems: Every stem path (models with parallel input branches have several).
         stem_layout: How the stems' weights fold input channels.
+        num_classes: Outputs of the (first) head; ``None`` for a headless model.
+        in_chans: Input channels the stem reads (through its layout); ``None`` without
+            a stem.
+        spatial_dims: 2 for images, 3 for volumes (0 for flat vectors).
+        input_size: Default spatial input size, e.g. ``(224, 224)``.
     """
 
     family: str
@@ -224,3 +257,25 @@ class Anatomy:
     groups: dict[str, list[str]]
     stems: tuple[str, ...] = ()
     stem_layout: StemLayout = StemLayout()
+    num_classes: int | None = None
+    in_chans: int | None = None
+    spatial_dims: int = 2
+    input_size: tuple[int, ...] = (224, 224)
+
+    def input_shape(
+        self, batch_size: int = 1, input_size: int | Sequence[int] | None = None
+    ) -> tuple[int, ...]:
+        """``(batch, channels, *spatial)`` of an input batch (3 channels without a stem).
+
+        Args:
+            batch_size: Leading dimension.
+            input_size: Spatial size (an int is used for every dimension); default
+                :attr:`input_size`.
+        """
+        if input_size is None:
+            size = self.input_size
+        elif isinstance(input_size, int):
+            size = (input_size,) * self.spatial_dims
+        else:
+            size = tuple(input_size)
+        return (batch_size, self.in_chans or 3, *size)

@@ -11,8 +11,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from zooadapt._core.names import ModelRef
 from zooadapt.errors import AdaptError, CheckpointError, PluginError, WeightsNotAvailableError
-from zooadapt.names import ModelRef
 from zooadapt.types import Weights
 
 __all__ = ["available_weights", "ensure_local", "select_weights"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["SkipMetaInit", "build_on_meta", "empty_init", "gc_paused"]
+__all__ = ["SkipMetaInit", "build_on_meta", "empty_init", "gc_paused", "meta_copy"]
 
 
 @contextlib.contextmanager
@@ -116,3 +117,17 @@ def build_on_meta(builder: Callable[[], nn.Module]) -> nn.Module:
     except Exception:  # noqa: BLE001 - any failure: retry the tolerant way
         with empty_init(), SkipMetaInit():
             return builder()
+
+
+def meta_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with every parameter and buffer on the meta device.
+
+    No data is copied: the copy allocates nothing, whatever the size of the model.
+    ``requires_grad`` flags, hooks and modes are kept; ``module`` is not touched.
+    """
+    memo: dict[int, Any] = {}
+    for param in module.parameters():
+        memo[id(param)] = nn.Parameter(param.detach().to("meta"), param.requires_grad)
+    for buffer in module.buffers():
+        memo[id(buffer)] = buffer.detach().to("meta")
+    return copy.deepcopy(module, memo)

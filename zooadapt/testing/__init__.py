@@ -35,16 +35,16 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from zooadapt._core.anatomy import NO_MATCH, anatomy, class_name, family_rank, present_heads
+from zooadapt._core.anatomy import select_family as _select_family
+from zooadapt._core.files import read_state_dict
+from zooadapt._core.meta import build_on_meta
+from zooadapt._core.plugins import PluginManager, get_plugin_manager, make_plugin_manager
+from zooadapt._core.surgery import check_stem, head_out_features, is_replaceable_head, stem_in_chans
 from zooadapt.adapt import adapt
-from zooadapt.anatomy import NO_MATCH, anatomy, class_name, family_rank, present_heads
-from zooadapt.anatomy import select_family as _select_family
-from zooadapt.checkpoint import read_state_dict
-from zooadapt.construct import build_on_meta
 from zooadapt.errors import AdaptError, CheckpointError, PluginError, ZooAdaptError
 from zooadapt.freeze import freeze
 from zooadapt.loading import GENERIC_RULES, rename_keys
-from zooadapt.manager import PluginManager, get_plugin_manager, make_plugin_manager
-from zooadapt.surgery import check_stem, head_out_features, is_replaceable_head, stem_in_chans
 from zooadapt.types import Family, RenameRule, StemLayout, Weights, Zoo
 
 __all__ = [

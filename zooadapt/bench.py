@@ -9,6 +9,7 @@ other processes hits both alike, and the ratio is the median of the per-round ra
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import resource
 import statistics
@@ -21,11 +22,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from zooadapt.adapt import adapt
+from zooadapt._core.anatomy import anatomy, spatial_size
+from zooadapt._core.distributed import unwrap
+from zooadapt._core.meta import meta_copy
+from zooadapt._core.plugins import PluginManager
+from zooadapt.adapt import adapt, adapted_from
 from zooadapt.errors import AdaptError
-from zooadapt.freeze import FreezeSpec
+from zooadapt.freeze import FreezeSpec, freeze, unfreeze
 from zooadapt.memory import measure_step
 from zooadapt.optim import optimizer as make_optimizer
+from zooadapt.optim import optimizer_class
+from zooadapt.types import Family
 
 __all__ = ["BenchResult", "bench", "freeze_spec", "resolve_device"]
 
@@ -39,11 +46,11 @@ class BenchResult:
     """One model at one freeze setting.
 
     Attributes:
-        model: Registry name.
-        freeze: Freeze setting (``none``, ``last``, ``backbone`` or a group name).
+        model: Registry name (or class name of a module argument).
+        setting: Freeze setting (``none``, ``last``, ``backbone`` or a group name).
         device: Where it ran.
         batch_size: Samples per step.
-        input_size: Input side in pixels.
+        input_size: Spatial input size, e.g. ``(224, 224)``.
         step_ms: Median training step time.
         inference_ms: Median inference-only forward time of the same model.
         ratio: Median over rounds of step time / inference time.
@@ -64,10 +71,10 @@ class BenchResult:
     """
 
     model: str
-    freeze: str
+    setting: str
     device: str
     batch_size: int
-    input_size: int
+    input_size: tuple[int, ...]
     step_ms: float = float("nan")
     inference_ms: float = float("nan")
     ratio: float = float("nan")
@@ -111,36 +118,44 @@ def freeze_spec(setting: str) -> FreezeSpec:
 
 
 def bench(
-    models: Sequence[str],
+    models: str | nn.Module | Sequence[str | nn.Module],
     *,
-    freeze: Sequence[str] = ("none", "last", "backbone"),
+    settings: str | Sequence[str] = ("none", "last", "backbone"),
     batch_size: int = 32,
-    input_size: int = 224,
+    input_size: int | Sequence[int] | None = None,
     device: str | torch.device = "auto",
     amp: str | None = None,
     channels_last: bool = False,
-    optimizer: str = "adamw",
+    opt: str | type[torch.optim.Optimizer] = "adamw",
     num_classes: int = 10,
     warmup: int = 3,
     steps: int = 10,
     progress: bool = True,
+    family: str | Family | None = None,
+    plugin_manager: PluginManager | None = None,
 ) -> list[BenchResult]:
     """Benchmark fine-tuning of each model at each freeze setting.
 
     Args:
-        models: Registry names (``"resnet50"``, ``"timm/convnext_tiny"``).
-        freeze: Settings: ``none`` (full fine-tuning), ``last`` (last stage and head
-            trainable), ``backbone`` (head only), or a group name (frozen up to it).
+        models: A registry name (``"resnet50"``, ``"timm/convnext_tiny"``) or a module, or
+            a list of them. A module is deep-copied for every setting, never changed.
+        settings: One setting or a list: ``none`` (full fine-tuning), ``last`` (last stage
+            and head trainable), ``backbone`` (head only), or a group name (frozen up to
+            and including it).
         batch_size: Samples per step.
-        input_size: Input side in pixels.
+        input_size: Spatial input size, an int or a tuple; ``None`` takes the model's
+            (``za.anatomy(model).input_size``).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         amp: ``"bf16"`` or ``"fp16"`` autocast (``fp16`` with a gradient scaler on CUDA).
-        channels_last: Model and input in channels-last memory format.
-        optimizer: Any ``torch.optim`` name, as for :func:`zooadapt.optimizer`.
+        channels_last: Model and input in channels-last memory format (2-D models).
+        opt: A ``torch.optim`` class or name, as for :func:`zooadapt.optimizer`.
         num_classes: Classes of the adapted head.
         warmup: Untimed rounds.
         steps: Timed rounds (each one training step and one inference forward).
         progress: Show a progress bar on stderr.
+        family: Force the family by name, or pass a :class:`Family`.
+        plugin_manager: Defaults to the one the model's family was found with, else the
+            shared manager with every installed plugin.
 
     Returns:
         One :class:`BenchResult` per model and setting; a case that ran out of memory
@@ -149,64 +164,104 @@ def bench(
     Raises:
         AdaptError: For a bad batch size, input size, amp or device, before anything runs.
     """
-    _check_arguments(batch_size, input_size, amp, warmup, steps)  # before anything runs
+    models = [models] if isinstance(models, (str, nn.Module)) else list(models)
+    settings = [settings] if isinstance(settings, str) else list(settings)
+    _check_arguments(batch_size, amp, warmup, steps, settings)  # before anything runs
     target = resolve_device(device)
-    for name in models:
-        _check_input(name, num_classes, input_size)
-    cases = [(m, f) for m in models for f in freeze]
+    optimizer_class(opt)
+    lookup = {"family": family, "plugin_manager": plugin_manager}
+    subjects = [_subject(m, num_classes, input_size, lookup) for m in models]
+    cases = [(s, setting) for s in subjects for setting in settings]
     results = []
     with _progress(len(cases), progress) as advance:
-        for model_name, setting in cases:
-            config = _Config(target, batch_size, input_size, amp, channels_last, optimizer)
-            results.append(_bench_case(model_name, setting, config, num_classes, warmup, steps))
-            advance(f"{model_name} {setting}")
+        for subject, setting in cases:
+            config = _Config(target, batch_size, subject.input_shape, amp, channels_last, opt)
+            results.append(_bench_case(subject, setting, config, num_classes, warmup, steps))
+            advance(f"{subject.label} {setting}")
     return results
 
 
 def _check_arguments(
-    batch_size: int, input_size: int, amp: str | None, warmup: int, steps: int
+    batch_size: int, amp: str | None, warmup: int, steps: int, settings: Sequence[str]
 ) -> None:
-    for name, value in (("batch_size", batch_size), ("input_size", input_size), ("steps", steps)):
+    for name, value in (("batch_size", batch_size), ("steps", steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise AdaptError(f"{name} must be a positive int, got {value!r}")
     if amp is not None and amp not in AMP:
         raise AdaptError(f"amp must be one of {sorted(AMP)} or None, got {amp!r}")
     if warmup < 0:
         raise AdaptError(f"warmup must be >= 0, got {warmup!r}")
+    if not settings or not all(isinstance(s, str) and s for s in settings):
+        raise AdaptError(f"settings must be setting names, got {settings!r}")
 
 
-def _check_input(name: str, num_classes: int, input_size: int) -> None:
-    """Run the model once on the meta device, so a bad input size fails before timing.
+@dataclass(frozen=True)
+class _Subject:
+    """One model to benchmark: how to build a fresh copy, and its input."""
+
+    label: str
+    build: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]  # (channels, *spatial)
+
+
+def _subject(
+    model: str | nn.Module,
+    num_classes: int,
+    input_size: int | Sequence[int] | None,
+    lookup: dict[str, Any],
+) -> _Subject:
+    """Check the model and input on the meta device, so a bad size fails before timing.
 
     Raises:
         AdaptError: Naming the model, the size and the model's own complaint.
     """
-    model = adapt(name, num_classes=num_classes, pretrained=False, device="meta")
+    if isinstance(model, nn.Module):
+        source = unwrap(model)
+        anatomy(source, **lookup)  # the family travels with the copies
+        origin = adapted_from(source)
+        label = origin["model"] if origin else type(source).__name__
+
+        def build() -> nn.Module:
+            return adapt(copy.deepcopy(source), num_classes=num_classes)
+
+        meta = adapt(meta_copy(source), num_classes=num_classes)
+    else:
+        label = model
+
+        def build() -> nn.Module:
+            return adapt(model, num_classes=num_classes, pretrained=False, **lookup)
+
+        meta = adapt(model, num_classes=num_classes, pretrained=False, device="meta", **lookup)
+    anat = anatomy(meta)
+    shape = anat.input_shape(1, spatial_size(input_size, anat.spatial_dims) or anat.input_size)
     try:
-        model.eval()(torch.empty(1, 3, input_size, input_size, device="meta"))
+        meta.eval()(torch.empty(shape, device="meta"))
     except Exception as err:  # noqa: BLE001 - any failure means the size does not fit
+        size = "x".join(map(str, shape[2:]))
         raise AdaptError(
-            f"{name} cannot take {input_size}x{input_size} inputs ({type(err).__name__}: "
-            f"{err}); choose another --input-size"
+            f"{label} cannot take {size} inputs ({type(err).__name__}: {err}); "
+            "choose another input size (--input-size in the CLI)"
         ) from err
+    return _Subject(label, build, shape[1:])
 
 
 @dataclass(frozen=True)
 class _Config:
     device: torch.device
     batch_size: int
-    input_size: int
+    input_shape: tuple[int, ...]
     amp: str | None
     channels_last: bool
-    optimizer: str
+    opt: str | type[torch.optim.Optimizer]
 
 
 def _bench_case(
-    name: str, setting: str, config: _Config, num_classes: int, warmup: int, steps: int
+    subject: _Subject, setting: str, config: _Config, num_classes: int, warmup: int, steps: int
 ) -> BenchResult:
-    base = BenchResult(name, setting, str(config.device), config.batch_size, config.input_size)
+    size = config.input_shape[1:]
+    base = BenchResult(subject.label, setting, str(config.device), config.batch_size, size)
     try:
-        return _run_case(base, config, num_classes, warmup, steps)
+        return _run_case(subject, base, config, num_classes, warmup, steps)
     except torch.cuda.OutOfMemoryError as err:
         return _out_of_memory(base, err)
     except RuntimeError as err:
@@ -229,18 +284,22 @@ def _replace(result: BenchResult, **changes: Any) -> BenchResult:
 
 
 def _run_case(
-    base: BenchResult, config: _Config, num_classes: int, warmup: int, steps: int
+    subject: _Subject,
+    base: BenchResult,
+    config: _Config,
+    num_classes: int,
+    warmup: int,
+    steps: int,
 ) -> BenchResult:
     torch.manual_seed(0)
-    spec = freeze_spec(base.freeze)
-    model = adapt(base.model, num_classes=num_classes, pretrained=False, freeze=spec)
+    model = freeze(unfreeze(subject.build()), freeze_spec(base.setting))
     model.to(config.device)
     x, y = _batch(model, config, num_classes)
-    if config.channels_last:
+    if config.channels_last and x.ndim == 4:
         model.to(memory_format=torch.channels_last)
     if config.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(config.device)
-    opt = make_optimizer(model, config.optimizer, lr=1e-3)
+    opt = make_optimizer(model, config.opt, lr=1e-3)
     train, infer = _train_step(model, opt, x, y, config), _inference_step(model, x, config)
     times = _alternate({"train": train, "inference": infer}, warmup, steps, config.device)
     peak = torch.cuda.max_memory_allocated(config.device) if config.device.type == "cuda" else None
@@ -270,9 +329,9 @@ def _batch(
     model: nn.Module, config: _Config, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    shape = (config.batch_size, 3, config.input_size, config.input_size)
+    shape = (config.batch_size, *config.input_shape)
     x = torch.rand(shape, generator=generator).to(config.device)
-    if config.channels_last:
+    if config.channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, num_classes, (config.batch_size,), generator=generator)
     return x, y.to(config.device)

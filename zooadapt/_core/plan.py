@@ -9,8 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zooadapt.errors import AdaptError
-from zooadapt.surgery import (
+from zooadapt._core.surgery import (
     StemInit,
     adapt_stem_weight,
     check_stem,
@@ -22,6 +21,7 @@ from zooadapt.surgery import (
     set_submodule,
     stem_in_chans,
 )
+from zooadapt.errors import AdaptError
 from zooadapt.types import Anatomy, Family
 
 __all__ = ["Plan", "plan_surgery"]

@@ -11,8 +11,8 @@ import fnmatch
 import functools
 from dataclasses import dataclass
 
+from zooadapt._core.plugins import Declared, PluginManager, get_plugin_manager
 from zooadapt.errors import ModelNotFoundError, PluginError
-from zooadapt.manager import Declared, PluginManager, get_plugin_manager
 from zooadapt.types import Zoo
 
 __all__ = ["ModelRef", "list_models", "resolve_name"]
