@@ -61,4 +61,5 @@ def zooadapt_families():
         stem="Conv2d_1a_3x3.conv",
         groups=_inception3_groups,
         stem_overrides=NON_RGB,
+        input_size=(299, 299),
     )

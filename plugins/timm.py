@@ -268,6 +268,12 @@ def _matcher_key(name: str, matcher: dict[str, Any]) -> str:
     return ""
 
 
+def _input_size(model: nn.Module) -> tuple[int, ...] | None:
+    """The spatial part of ``pretrained_cfg["input_size"]`` (channels first), if any."""
+    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    return tuple(size[1:]) if isinstance(size, (tuple, list)) and len(size) >= 3 else None
+
+
 def _is_timm(model: nn.Module) -> bool:
     return type(model).__module__.startswith("timm.")
 
@@ -279,6 +285,7 @@ TIMM = Family(
     stem=_stem,
     groups=_grouper(_head),
     reset_head=_reset_head,
+    input_size=_input_size,
 )
 
 
@@ -312,6 +319,13 @@ CONVNEXT_ORIGINAL = (
     RenameRule(r"^norm\.(weight|bias)$", r"head.norm.\1", name="convnext final norm"),
 )
 
+
+def _levit_heads(model: nn.Module) -> tuple[str, ...]:
+    linear = ("head.linear", "head_dist.linear")
+    modules = dict(model.named_modules())
+    return linear if all(p in modules for p in linear) else ("head", "head_dist")
+
+
 #: Per-architecture corrections: class -> fields replaced in the generic family.
 OVERRIDES: dict[str, dict[str, Any]] = {
     # Space-to-depth: the stem convolution reads 16 positions per channel, channel fastest.
@@ -323,8 +337,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # A fixed RGB -> YCbCr DCT transform reads the image: no input convolution to adapt.
     "timm.models.csatv2.CSATv2": {"stem": None},
     "timm.models.convnext.ConvNeXt": {"rename_rules": CONVNEXT_ORIGINAL},
-    # The untrained LeViT configs name only the class head, not the distillation head.
-    "timm.models.levit.LevitDistilled": {"head": ("head.linear", "head_dist.linear")},
+    # The untrained LeViT configs name only the class head, not the distillation head;
+    # a headless LeViT (num_classes=0) has nn.Identity heads, rebuilt by reset_classifier.
+    "timm.models.levit.LevitDistilled": {"head": _levit_heads},
 }
 
 
@@ -332,7 +347,8 @@ def _override(cls: str, fields: dict[str, Any]) -> Family:
     name = f"timm.{cls.rsplit('.', 1)[-1].lower()}"
     if "head" in fields:
         heads = fields["head"]
-        fields = {**fields, "groups": _grouper(lambda model: heads)}
+        paths = heads if callable(heads) else lambda model: heads
+        fields = {**fields, "groups": _grouper(paths)}
     return dataclasses.replace(TIMM, name=name, classes=(cls,), match=None, **fields)
 
 

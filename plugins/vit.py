@@ -1,5 +1,6 @@
 """Vision Transformer B/L/H (torchvision)."""
 
+from torch import nn
 from zooadapt_plugins._layout import either, exact, prefix
 
 from zooadapt import Family, hookimpl
@@ -20,6 +21,17 @@ def _groups(model):
     return groups
 
 
+def _stem(model):
+    """The patch convolution, or the first convolution of a conv stem (``conv_stem_configs``)."""
+    if isinstance(model.conv_proj, nn.Conv2d):
+        return "conv_proj"
+    return next(
+        f"conv_proj.{name}"
+        for name, module in model.conv_proj.named_modules()
+        if isinstance(module, nn.Conv2d)
+    )
+
+
 @hookimpl
 def zooadapt_families():
     """ViT: patch embedding with tokens, one group per encoder block, head."""
@@ -27,6 +39,7 @@ def zooadapt_families():
         name="vit",
         classes=("torchvision.models.vision_transformer.VisionTransformer",),
         head="heads.head",
-        stem="conv_proj",
+        stem=_stem,
         groups=_groups,
+        input_size=lambda model: (model.image_size, model.image_size),
     )

@@ -108,7 +108,7 @@ def load(expect_broken: bool = True) -> PluginManager:
 
 
 def plugin_names(pm: PluginManager) -> set[str]:
-    return {name for name, _ in pm.list_name_plugin()}
+    return {name for name, plugin in pm.list_name_plugin() if plugin is not None}
 
 
 def family_names(pm: PluginManager) -> set[str]:

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import zooadapt as za
 from zooadapt.errors import AdaptError, CheckpointError
 from zooadapt.features import INDEX, FeatureCache, extract_features
+from zooadapt.freeze import HOLD
 
 Data = list[tuple[torch.Tensor, torch.Tensor]]
 MakeOptimizer = Callable[[object], torch.optim.Optimizer]
@@ -237,7 +238,7 @@ def test_data_failing_midway_leaves_no_cache_and_the_model_as_it_was(resnet, tmp
         FeatureCache(model, failing(), path=tmp_path / "c", shard_bytes=1)
     assert list((tmp_path / "c").iterdir()) == []
     assert [m.training for m in model.modules()] == modes
-    assert not model.fc._forward_pre_hooks
+    assert not model.fc._forward_pre_hooks and HOLD not in vars(model.fc)
 
 
 def test_leftovers_of_a_killed_run_are_incomplete_and_replaced(resnet, data, tmp_path):

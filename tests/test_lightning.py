@@ -150,7 +150,7 @@ def test_lightning_backbone_finetuning_refreezes_on_resume(tmp_path: Path) -> No
 
 
 def test_callback_checks(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(za.FreezeError, match="lr or lr_factor"):
+    with pytest.raises(za.OptimizerError, match="lr or lr_factor"):
         ZooAdaptFinetuning(lr=1e-3, lr_factor=0.1)
     monkeypatch.setitem(sys.modules, "lightning", None)
     monkeypatch.setitem(sys.modules, "lightning.pytorch", None)

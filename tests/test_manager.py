@@ -258,10 +258,56 @@ def test_adding_a_registered_plugin_again_keeps_the_first_registration() -> None
     assert [(d.item.name, d.plugin) for d in pm.families()] == [("one", "First")]
 
 
-def test_hooks_are_collected_in_registration_order() -> None:
+def test_hooks_are_collected_in_pluggys_call_order() -> None:
+    """Last registered first, ``tryfirst`` before and ``trylast`` after, as pluggy calls them."""
     a, b = plugin("A", family("from_a")), plugin("B", family("from_b"))
-    assert [d.plugin for d in za.make_plugin_manager(a, b).families()] == ["A", "B"]
-    assert [d.plugin for d in za.make_plugin_manager(b, a).families()] == ["B", "A"]
+    assert [d.plugin for d in za.make_plugin_manager(a, b).families()] == ["B", "A"]
+    assert [d.plugin for d in za.make_plugin_manager(b, a).families()] == ["A", "B"]
+
+    class First:
+        @za.hookimpl(tryfirst=True)
+        def zooadapt_families(self):
+            yield family("first")
+
+    class Last:
+        @za.hookimpl(trylast=True)
+        def zooadapt_families(self):
+            yield family("last")
+
+    pm = za.make_plugin_manager(First(), a, Last(), b)
+    names = [d.item.name for d in pm.families()]
+    assert names == ["first", "from_b", "from_a", "last"]
+    called = [result.name for results in pm.hook.zooadapt_families() for result in results]
+    assert names == called  # exactly what pluggy's own call returns
+
+
+def test_disabled_plugins_are_blocked_in_pluggy(monkeypatch) -> None:
+    monkeypatch.setenv("ZOOADAPT_DISABLE_PLUGINS", "resnet")
+    pm = za.make_plugin_manager(entrypoints=True)
+    assert pm.is_blocked("resnet") and not pm.has_plugin("resnet")
+    import zooadapt_plugins.resnet
+
+    with pytest.raises(za.PluginError, match="blocked") as info:
+        pm.add(zooadapt_plugins.resnet, name="resnet")
+    assert info.value.plugin == "resnet"
+
+
+def test_the_model_registry_is_live() -> None:
+    """A model a zoo lists after the first lookup is found, and a zoo added later too."""
+    names = ["small"]
+    zoo = za.Zoo(name="live", models=lambda: list(names), build=lambda arch, weights: Base())
+
+    class Zoos:
+        @za.hookimpl
+        def zooadapt_zoos(self):
+            yield zoo
+
+    pm = za.make_plugin_manager()
+    assert za.list_models("live/*", plugin_manager=pm) == []
+    pm.add(Zoos())
+    assert za.list_models("live/*", plugin_manager=pm) == ["live/small"]
+    names.append("large")
+    assert za.list_models("live/*", plugin_manager=pm) == ["live/large", "live/small"]
 
 
 # -- family selection -------------------------------------------------------------------

@@ -51,5 +51,7 @@ def test_core_never_imports_the_builtin_plugins():
 
 def test_every_package_is_listed():
     packages = set(PYPROJECT["tool"]["setuptools"]["packages"])
-    found = {p.parent.name for p in (ROOT / "zooadapt").rglob("__init__.py")} | {"zooadapt_plugins"}
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "zooadapt").rglob("__init__.py")
+    } | {"zooadapt_plugins"}
     assert packages == found

@@ -79,7 +79,7 @@ def test_builder_settings_for_pretrained_weights_apply(hub_dir, offline, monkeyp
     """GoogLeNet's builder turns on transform_input and drops the aux heads it loaded."""
     import torchvision
 
-    from zooadapt import weights as weights_module
+    from zooadapt._core import pretrained as weights_module
 
     torch.manual_seed(0)
     source = torchvision.models.googlenet(aux_logits=True, init_weights=True)

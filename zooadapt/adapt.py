@@ -174,10 +174,9 @@ def _from_zoo(
     """Build from the zoo: on meta, with random weights, or with its pretrained weights."""
     if on_meta:
         return build_on_meta(lambda: _build(ref, None, model_kwargs))
-    wants_weights = pretrained is not False and pretrained is not None
-    if not wants_weights and ref.tag is None:
+    if pretrained is False or pretrained is None:  # random init, whatever tag the name has
         return _build(ref, None, model_kwargs)
-    weights = select_weights(ref, pretrained if wants_weights else True)  # type: ignore[arg-type]
+    weights = select_weights(ref, pretrained)  # type: ignore[arg-type]
     local = dataclasses.replace(weights, file=ensure_local(weights, ref))
     return _build(ref, local, model_kwargs)
 
@@ -213,11 +212,12 @@ def _build(ref: ModelRef, weights: Weights | None, kwargs: dict[str, Any]) -> nn
         raise AdaptError(f"{ref.qualified} does not accept {sorted(kwargs)}: {err}") from err
     except Exception as err:
         raise PluginError(
-            f"plugin {zoo.plugin!r} failed building {ref.qualified!r}: {err!r}"
+            f"plugin {zoo.plugin!r} failed building {ref.qualified!r}: {err!r}", plugin=zoo.plugin
         ) from err
     if not isinstance(module, nn.Module):
         raise PluginError(
-            f"plugin {zoo.plugin!r} built {type(module).__name__} for {ref.qualified!r}"
+            f"plugin {zoo.plugin!r} built {type(module).__name__} for {ref.qualified!r}",
+            plugin=zoo.plugin,
         )
     return module
 
@@ -248,12 +248,13 @@ def _adapt_in_place(
     plan = plan_surgery(model, declared.item, anat, num_classes, in_chans, request.stem_init)
     if request.freeze is not None:  # validate the spec before anything changes
         select_frozen(anat.groups, request.freeze, [n for n, _ in model.named_parameters()])
-    plan.apply(model)
-    if checkpoint is None:
-        return anat.head
     targets = Targets.of(anat, request.stem_init, new_heads=plan.replaces_heads)
     try:
-        load_state(model, checkpoint, rules=rules, targets=targets, source=source, assign=assign)
+        plan.apply(model)  # inside: a reset_head that fails half-way is undone too
+        if checkpoint is not None:
+            load_state(
+                model, checkpoint, rules=rules, targets=targets, source=source, assign=assign
+            )
     except BaseException:
         plan.revert(model)
         raise

@@ -37,7 +37,6 @@ import itertools
 import json
 import os
 import re
-import struct
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -828,7 +827,7 @@ def _check_shard(
 ) -> _Shard:
     """A shard of a reopened cache, after checking its header against the index."""
     file = directory / str(entry.get("file"))
-    _, header = _read_header(file)
+    header = _read_header(file)
     count = int(entry.get("samples", -1))
     for name, shape, dtype in _expected(info, count):
         found = header.get(name, {})
@@ -847,35 +846,30 @@ def _expected(info: dict[str, Any], count: int) -> list[tuple[str, list[int], to
     ]
 
 
-def _read_header(file: Path) -> tuple[int, dict[str, Any]]:
-    """Where the data starts in a safetensors file, and its JSON header."""
+def _read_header(file: Path) -> dict[str, dict[str, Any]]:
+    """Shape and dtype of each tensor in a safetensors shard, read by the safetensors library."""
+    from safetensors import safe_open
+
     try:
-        size = file.stat().st_size
-        with open(file, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length > size - 8:
-                raise ValueError(f"header of {length} bytes in a file of {size}")
-            header = json.loads(handle.read(length))
-    except (OSError, struct.error, ValueError) as err:
+        with safe_open(str(file), framework="pt") as handle:
+            return {
+                name: {
+                    "shape": list(handle.get_slice(name).get_shape()),
+                    "dtype": handle.get_slice(name).get_dtype(),
+                }
+                for name in handle.keys()  # noqa: SIM118 - safe_open is no mapping
+            }
+    except Exception as err:  # noqa: BLE001 - OSError or safetensors' own error
         raise CheckpointError(f"cannot read feature shard {file}: {err}; build it again") from err
-    return 8 + length, header
 
 
 def _map_shard(file: Path, info: dict[str, Any], count: int) -> Batch:
-    """Memory-map a shard's tensors: pages are read from disk as they are used."""
-    start, header = _read_header(file)
-    raw = torch.from_file(str(file), shared=False, size=file.stat().st_size, dtype=torch.uint8)
-    features, targets = (
-        _view(raw, start, header[name]["data_offsets"], dtype, shape)
-        for name, shape, dtype in _expected(info, count)
-    )
+    """Open a shard's tensors memory-mapped: pages are read from disk as they are used."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            features, targets = handle.get_tensor("features"), handle.get_tensor("targets")
+    except Exception as err:  # noqa: BLE001 - OSError or safetensors' own error
+        raise CheckpointError(f"cannot read feature shard {file}: {err}; build it again") from err
     return features, targets
-
-
-def _view(
-    raw: torch.Tensor, start: int, offsets: list[int], dtype: torch.dtype, shape: list[int]
-) -> torch.Tensor:
-    data = raw[start + offsets[0] : start + offsets[1]]
-    if data.storage_offset() % dtype.itemsize:
-        data = data.clone()  # misaligned for ``view``: copy (never the case for our shards)
-    return data.view(dtype).view(shape)

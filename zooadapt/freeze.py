@@ -4,10 +4,11 @@ Frozen parameters get ``requires_grad=False``. BatchNorm layers all of whose par
 are frozen follow the ``bn=`` policy:
 
 - ``"frozen"``: they normalise with their running statistics and never update them, also
-  after a later ``model.train()``. A forward pre-hook sets the layer's ``training`` flag
-  to ``False`` before each call; modules and state_dict keys stay as they are, and
-  :func:`unfreeze` removes the hook. Under this policy every *block* (a module all of
-  whose parameters are frozen) also runs in eval mode, the same way: dropout inside it
+  after a later ``model.train()``. The layer is marked (a plain attribute) and one
+  process-wide forward pre-hook sets a marked layer's ``training`` flag to ``False``
+  before each call; modules, hooks and state_dict keys stay as they are, the model stays
+  scriptable, and :func:`unfreeze` removes the mark. Under this policy every *block* (a
+  module all of whose parameters are frozen) also runs in eval mode, the same way: dropout inside it
   is off and inference kernels apply (a frozen ViT-B/16 trains its head at the speed of
   an inference forward instead of 1.45x, ``benchmarks/README.md``), and training
   through the frozen backbone computes exactly the features :class:`FeatureCache` caches.
@@ -30,12 +31,15 @@ functions on every rank.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.utils.hooks import RemovableHandle
 
 from zooadapt._core.distributed import trainable_ids, unwrap, warn_if_ddp_is_stale
 from zooadapt._core.plugins import PluginManager
@@ -53,18 +57,34 @@ _RECORD = "_zooadapt_freeze"  # plain attribute on the model: {"bn": policy, "no
 STATE_VERSION = 1
 
 
-def _use_running_stats(module: nn.Module, args: Any) -> None:
-    """Forward pre-hook of a frozen BatchNorm: normalise with the running statistics."""
-    module.training = False
+#: Attribute of a held module: ``"norm"`` (a frozen BatchNorm) or ``"block"`` (a module
+#: whose parameters are all frozen). Copies and pickles of the model keep it.
+HOLD = "_zooadapt_hold"
+_hook: RemovableHandle | None = None
+_hook_lock = threading.Lock()
 
 
-def _run_in_eval_mode(block: nn.Module, args: Any) -> None:
-    """Forward pre-hook of a frozen block: it and everything in it run in eval mode."""
-    for module in block.modules():
+def _hold_in_eval(module: nn.Module, args: Any) -> None:
+    """Global forward pre-hook: a held module (and a held block's content) runs in eval.
+
+    It is one process-wide hook (``register_module_forward_pre_hook``) reading a plain
+    attribute, so that models stay scriptable (``torch.jit.script`` compiles per-module
+    hooks, never global ones) and copies of a model (``copy.deepcopy``, DataParallel
+    replicas) are held like the original.
+    """
+    kind = module.__dict__.get(HOLD)
+    if kind == "norm":
         module.training = False
+    elif kind == "block":
+        for inner in module.modules():
+            inner.training = False
 
 
-_HOOKS = (_use_running_stats, _run_in_eval_mode)
+def _ensure_hook() -> None:
+    global _hook
+    with _hook_lock:
+        if _hook is None:
+            _hook = register_module_forward_pre_hook(_hold_in_eval)
 
 
 def select(
@@ -324,12 +344,10 @@ def _within(name: str, blocks: Sequence[str]) -> bool:
 
 
 def _release(root: nn.Module) -> None:
-    """Undo every hold: remove the hooks and give the held layers the model's mode."""
+    """Undo every hold: unmark the held layers and give them the model's mode."""
     record = getattr(root, _RECORD, None)
     for module in root.modules():
-        hooks = module._forward_pre_hooks
-        for key in [k for k, hook in hooks.items() if hook in _HOOKS]:
-            del hooks[key]
+        module.__dict__.pop(HOLD, None)
     held = [*record["norms"], *record.get("blocks", [])] if record else []
     for name in held:
         try:
@@ -341,13 +359,15 @@ def _release(root: nn.Module) -> None:
 
 def _hold(root: nn.Module, names: Sequence[str], bn: str) -> None:
     blocks = _frozen_blocks(root) if bn == "frozen" else []
+    if bn == "frozen" and (blocks or names):
+        _ensure_hook()
     for name in blocks:
-        root.get_submodule(name).register_forward_pre_hook(_run_in_eval_mode)
+        root.get_submodule(name).__dict__[HOLD] = "block"
     for name in names:
         module = root.get_submodule(name)
         module.training = False
         if bn == "frozen":
-            module.register_forward_pre_hook(_use_running_stats)
+            module.__dict__[HOLD] = "norm"
     root.__dict__[_RECORD] = {"bn": bn, "norms": list(names), "blocks": blocks}
 
 

@@ -68,6 +68,7 @@ from torch import nn
 from zooadapt._core.anatomy import anatomy, spatial_size
 from zooadapt._core.distributed import unwrap
 from zooadapt._core.meta import meta_copy
+from zooadapt._core.patches import ScopedPatch
 from zooadapt._core.plugins import PluginManager
 from zooadapt.adapt import adapt, adapted_from
 from zooadapt.errors import AdaptError, ZooAdaptError
@@ -383,27 +384,18 @@ class _SavedTensors:
 # -- attention on the meta device ----------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _fused_attention() -> Iterator[None]:
-    """Run ``F.scaled_dot_product_attention`` on meta tensors as a fused kernel would.
+def _attention(original: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+    fused = _flash_attention(*args, **kwargs)
+    return original(*args, **kwargs) if fused is None else fused
 
-    On meta PyTorch picks the math implementation, which saves the (length x length)
-    attention matrix; flash attention (the CPU kernel's meta function, which also stands in
-    for CUDA's flash and memory-efficient kernels) saves only the inputs, the output and
-    the log-sum-exp. Not thread-safe: it replaces the attribute of ``torch.nn.functional``
-    (which ``nn.MultiheadAttention`` and timm look up at each call) while it is active.
-    """
-    original = F.scaled_dot_product_attention
 
-    def attention(*args: Any, **kwargs: Any) -> torch.Tensor:
-        fused = _flash_attention(*args, **kwargs)
-        return original(*args, **kwargs) if fused is None else fused
-
-    F.scaled_dot_product_attention = attention  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = original
+#: ``F.scaled_dot_product_attention`` on meta tensors as a fused kernel would run it. On
+#: meta PyTorch picks the math implementation, which saves the (length x length) attention
+#: matrix; flash attention (the CPU kernel's meta function, which also stands in for
+#: CUDA's flash and memory-efficient kernels) saves only the inputs, the output and the
+#: log-sum-exp. The attribute of ``torch.nn.functional`` (looked up at each call by
+#: ``nn.MultiheadAttention`` and timm) is replaced for the estimating thread only.
+_FUSED_ATTENTION = ScopedPatch(F, "scaled_dot_product_attention", _attention)
 
 
 def _flash_attention(
@@ -430,7 +422,7 @@ def _flash_attention(
 
 def _fused_attention_on_meta(batch: Sequence[Any]) -> contextlib.AbstractContextManager[Any]:
     on_meta = any(isinstance(t, torch.Tensor) and t.is_meta for t in batch)
-    return _fused_attention() if on_meta else contextlib.nullcontext()
+    return _FUSED_ATTENTION.active() if on_meta else contextlib.nullcontext()
 
 
 # -- the estimate ------------------------------------------------------------------------------

@@ -199,7 +199,6 @@ def describe(
 
 def _anatomy_of(model: nn.Module, declared: Declared[Family]) -> Anatomy:
     fam = declared.item
-    owner = f"family {fam.name!r} (plugin {declared.plugin!r})"
     heads = call_family(declared, "head", lambda: present_heads(model, fam))
     stems = call_family(declared, "stem", lambda: fam.stem_paths(model))
     layout = call_family(declared, "stem_layout", lambda: fam.stem_layout_of(model))
@@ -220,7 +219,7 @@ def _anatomy_of(model: nn.Module, declared: Declared[Family]) -> Anatomy:
         num_classes=_num_classes(model, heads),
         in_chans=_in_chans(model, stem, layout),
         spatial_dims=dims,
-        input_size=_input_size(size, dims, owner),
+        input_size=_input_size(size, dims, declared.plugin),
     )
 
 
@@ -238,12 +237,15 @@ def _in_chans(model: nn.Module, stem: str | None, layout: Any) -> int | None:
     return stem_in_chans(weight, layout) if weight is not None else None
 
 
-def _input_size(size: tuple[int, ...] | None, dims: int, owner: str) -> tuple[int, ...]:
+def _input_size(size: tuple[int, ...] | None, dims: int, plugin: str) -> tuple[int, ...]:
     if size is None:
         return (DEFAULT_SIDE.get(dims, 224),) * dims
     size = tuple(int(v) for v in size)
     if len(size) != dims or any(v < 1 for v in size):
-        raise PluginError(f"{owner}: input_size {size} does not fit {dims} spatial dimensions")
+        raise PluginError(
+            f"plugin {plugin!r}: input_size {size} does not fit {dims} spatial dimensions",
+            plugin=plugin,
+        )
     return size
 
 

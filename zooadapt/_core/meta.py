@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import gc
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,7 +11,34 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from zooadapt._core.patches import ScopedPatch, gc_paused
+
 __all__ = ["SkipMetaInit", "build_on_meta", "empty_init", "gc_paused", "meta_copy"]
+
+
+def _meta_parameter(
+    original: Callable[..., None], module: nn.Module, name: str, param: nn.Parameter | None
+) -> None:
+    original(module, name, param)
+    if param is not None:
+        module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+
+def _meta_buffer(
+    original: Callable[..., None],
+    module: nn.Module,
+    name: str,
+    tensor: torch.Tensor | None,
+    *args: Any,
+    **kwargs: Any,
+) -> None:
+    original(module, name, tensor, *args, **kwargs)
+    if tensor is not None:
+        module._buffers[name] = tensor.to("meta")
+
+
+_PARAMETERS_ON_META = ScopedPatch(nn.Module, "register_parameter", _meta_parameter)
+_BUFFERS_ON_META = ScopedPatch(nn.Module, "register_buffer", _meta_buffer)
 
 
 @contextlib.contextmanager
@@ -21,32 +47,11 @@ def empty_init() -> Iterator[None]:
 
     Unlike ``with torch.device("meta")``, tensors the constructor computes with (layer
     widths, index tables) stay real, so builders that compute at construction still run.
-    Not thread-safe: it patches ``nn.Module.register_parameter`` and ``register_buffer``.
+    It patches ``nn.Module.register_parameter`` and ``register_buffer`` for the calling
+    thread only (:class:`~zooadapt._core.patches.ScopedPatch`).
     """
-    register_parameter = nn.Module.register_parameter
-    register_buffer = nn.Module.register_buffer
-
-    def meta_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        register_parameter(self, name, param)
-        if param is not None:
-            self._parameters[name] = nn.Parameter(
-                param.to("meta"), requires_grad=param.requires_grad
-            )
-
-    def meta_buffer(
-        self: nn.Module, name: str, tensor: torch.Tensor | None, *a: Any, **k: Any
-    ) -> None:
-        register_buffer(self, name, tensor, *a, **k)
-        if tensor is not None:
-            self._buffers[name] = tensor.to("meta")
-
-    nn.Module.register_parameter = meta_parameter  # type: ignore[method-assign]
-    nn.Module.register_buffer = meta_buffer  # type: ignore[method-assign]
-    try:
+    with _PARAMETERS_ON_META.active(), _BUFFERS_ON_META.active():
         yield
-    finally:
-        nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
-        nn.Module.register_buffer = register_buffer  # type: ignore[method-assign]
 
 
 #: In-place value operations that weight initialisation uses; on meta tensors they only
@@ -85,23 +90,6 @@ class SkipMetaInit(TorchFunctionMode):
         ):
             return target
         return func(*args, **(kwargs or {}))
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while many tensor objects are created.
-
-    Building a model and unpickling a checkpoint allocate thousands of objects, which
-    otherwise trigger full collections over the whole heap (0.2 s of a 0.3 s ResNet-152
-    load in ``benchmarks/bench_load.py``).
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def build_on_meta(builder: Callable[[], nn.Module]) -> nn.Module:

@@ -2,13 +2,13 @@
 
 An unqualified name is looked up in ascending ``Zoo.order`` (torchvision before timm); a
 qualified ``zoo/name`` always wins; timm-style ``name.tag`` selects pretrained weights.
+Nothing is cached: the registry is live, so zoos and models added later are found.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
-import functools
 from dataclasses import dataclass
 
 from zooadapt._core.plugins import Declared, PluginManager, get_plugin_manager
@@ -32,17 +32,14 @@ class ModelRef:
         return f"{self.zoo.item.name}/{self.arch}"
 
 
-@functools.cache
-def _architectures(zoo: Zoo) -> frozenset[str]:
-    return frozenset(zoo.models())
-
-
 def _zoo_architectures(declared: Declared[Zoo]) -> frozenset[str]:
+    """The zoo's names, asked afresh every time: a model registered later is found."""
     try:
-        return _architectures(declared.item)
+        return frozenset(declared.item.models())
     except Exception as err:
         raise PluginError(
-            f"plugin {declared.plugin!r} failed listing zoo {declared.item.name!r}: {err!r}"
+            f"plugin {declared.plugin!r} failed listing zoo {declared.item.name!r}: {err!r}",
+            plugin=declared.plugin,
         ) from err
 
 

@@ -73,14 +73,14 @@ class Plan:
             setattr(model, name, new_value)
 
     def revert(self, model: nn.Module) -> None:
-        """Undo :meth:`apply`, restoring the original modules and weights."""
+        """Undo :meth:`apply` (also one that failed half-way): original modules and weights."""
+        _restore(self._before_reset)
         for path, old, _ in self.heads:
             set_submodule(model, path, old)
         for layer, old_weight, _ in self.stems:
             set_stem_weight(layer, old_weight)
         for name, (old_value, _) in self.attributes.items():
             setattr(model, name, old_value)
-        _restore(self._before_reset)
 
 
 def plan_surgery(

@@ -83,16 +83,19 @@ class PluginManager(pluggy.PluginManager):
             PluginError: If a hook is misspelled or has arguments no hookspec offers.
         """
         if self.is_registered(plugin) or (name is not None and self.has_plugin(name)):
-            raise PluginError(f"plugin {name or plugin!r} is already registered")
+            raise PluginError(f"plugin {name or plugin!r} is already registered", plugin=name)
         try:
             registered = self.register(plugin, name=name)
             self.check_pending()
         except (pluggy.PluginValidationError, ValueError) as err:
             if self.is_registered(plugin):
                 self.unregister(plugin)
-            raise PluginError(f"plugin {name or plugin!r} is invalid: {err}") from err
+            raise PluginError(f"plugin {name or plugin!r} is invalid: {err}", plugin=name) from err
         if registered is None:
-            raise PluginError(f"plugin {name!r} is blocked (ZOOADAPT_DISABLE_PLUGINS)")
+            raise PluginError(
+                f"plugin {name!r} is blocked (ZOOADAPT_DISABLE_PLUGINS or ZOOADAPT_PLUGINS)",
+                plugin=name,
+            )
         return registered
 
     def load_entrypoints(self) -> None:
@@ -108,8 +111,11 @@ class PluginManager(pluggy.PluginManager):
         blocked = _env_names("ZOOADAPT_DISABLE_PLUGINS") or set()
         seen = {failure.name for failure in self.failed}
         for ep in sorted(entry_points(group=PROJECT), key=lambda ep: ep.name):
-            skip = ep.name in seen or ep.name in blocked or (allowed and ep.name not in allowed)
-            if skip or self.has_plugin(ep.name):
+            if ep.name in blocked or (allowed and ep.name not in allowed):
+                if not self.is_blocked(ep.name):
+                    self.set_blocked(ep.name)  # pluggy's own block: later adds are refused
+                continue
+            if ep.name in seen or self.has_plugin(ep.name):
                 continue
             seen.add(ep.name)
             self._load_entrypoint(ep)
@@ -121,7 +127,7 @@ class PluginManager(pluggy.PluginManager):
         except Exception as err:  # noqa: BLE001 - one broken plugin must not break all
             message = f"zooadapt: skipping plugin {ep.name!r} ({dist}): {err!r}"
             if _strict():
-                raise PluginError(message) from err
+                raise PluginError(message, plugin=ep.name) from err
             warnings.warn(message, PluginWarning, stacklevel=3)
             self.failed.append(FailedPlugin(ep.name, dist, repr(err)))
             return
@@ -132,19 +138,21 @@ class PluginManager(pluggy.PluginManager):
     def _collect(self, hook_name: str, kind: type[T], **kwargs: Any) -> list[Declared[T]]:
         hook = getattr(self.hook, hook_name)
         results: list[Declared[T]] = []
-        for impl in hook.get_hookimpls():  # registration order
+        for impl in reversed(hook.get_hookimpls()):  # pluggy's call order
             call_kwargs = {key: kwargs[key] for key in impl.argnames}
             try:
                 items = list(impl.function(**call_kwargs) or ())
             except Exception as err:
                 raise PluginError(
-                    f"plugin {impl.plugin_name!r} failed in {hook_name}: {err!r}"
+                    f"plugin {impl.plugin_name!r} failed in {hook_name}: {err!r}",
+                    plugin=impl.plugin_name,
                 ) from err
             for item in items:
                 if not isinstance(item, kind):
                     raise PluginError(
                         f"plugin {impl.plugin_name!r} returned {type(item).__name__} from "
-                        f"{hook_name}; expected {kind.__name__}"
+                        f"{hook_name}; expected {kind.__name__}",
+                        plugin=impl.plugin_name,
                     )
                 results.append(Declared(item, impl.plugin_name))
         return results
@@ -172,7 +180,8 @@ class PluginManager(pluggy.PluginManager):
         families = {d.item.name: d.plugin for d in self.families()}
         zoos = {d.item.name: d.plugin for d in self.zoos()}
         info = []
-        for name, plugin in sorted(self.list_name_plugin()):
+        registered = [(n, p) for n, p in self.list_name_plugin() if p is not None]
+        for name, plugin in sorted(registered, key=lambda item: item[0]):
             hooks = sorted(c.name for c in self.get_hookcallers(plugin) or ())
             info.append(
                 {
@@ -194,7 +203,8 @@ def _unique(declared: Iterable[Declared[T]], what: str) -> list[Declared[T]]:
             other = by_name[name].plugin
             raise PluginError(
                 f"{what} {name!r} is declared by both plugin {other!r} and plugin "
-                f"{entry.plugin!r}; disable one with ZOOADAPT_DISABLE_PLUGINS"
+                f"{entry.plugin!r}; disable one with ZOOADAPT_DISABLE_PLUGINS",
+                plugin=entry.plugin,
             )
         by_name[name] = entry
     return list(by_name.values())

@@ -27,7 +27,8 @@ def available_weights(ref: ModelRef) -> list[Weights]:
         return list(ref.zoo.item.weights(ref.arch))
     except Exception as err:
         raise PluginError(
-            f"plugin {ref.zoo.plugin!r} failed listing weights of {ref.qualified!r}: {err!r}"
+            f"plugin {ref.zoo.plugin!r} failed listing weights of {ref.qualified!r}: {err!r}",
+            plugin=ref.zoo.plugin,
         ) from err
 
 
