@@ -290,10 +290,28 @@ def test_a_head_that_cannot_be_replaced() -> None:
             self.fc = nn.Sequential(nn.Linear(4, 2))
 
     family = net_family(match=lambda model: True)
-    assert problems(family, WithSequentialHead) == [
-        "[head] head 'fc' is Sequential, not nn.Linear or a 1x1 nn.Conv2d, and the family "
-        "declares no reset_head"
-    ]
+    expected = (
+        "head 'fc' is a Sequential; zooadapt replaces nn.Linear and 1x1 nn.Conv2d heads: "
+        "point head at that layer, or declare reset_head"
+    )
+    assert problems(family, WithSequentialHead) == [f"[head] {expected}"]
+    pm = za.make_plugin_manager()
+    with pytest.raises(za.PluginError) as info:  # za.anatomy refuses with the same words
+        za.anatomy(WithSequentialHead(), family=family, plugin_manager=pm)
+    assert expected in str(info.value)
+
+
+def test_a_headless_identity_head_needs_reset_head() -> None:
+    class Headless(Net):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Identity()
+
+    family = net_family(match=lambda model: True)
+    (found,) = problems(family, Headless)
+    assert "is an nn.Identity (a headless model)" in found and "reset_head" in found
+    with pytest.raises(za.PluginError, match="nn.Identity"):
+        za.anatomy(Headless(), family=family, plugin_manager=za.make_plugin_manager())
 
 
 def test_stems_that_are_missing_not_adaptable_or_not_first() -> None:

@@ -16,7 +16,15 @@ from zooadapt._core.surgery import is_replaceable_head
 from zooadapt.errors import PluginError
 from zooadapt.types import Family
 
-__all__ = ["assign_groups", "check_declared", "declared_problems", "find", "group_problems"]
+__all__ = [
+    "assign_groups",
+    "check_declared",
+    "declared_problems",
+    "duplicate_groups",
+    "find",
+    "group_problems",
+    "head_problems",
+]
 
 
 def find(model: nn.Module, path: str) -> nn.Module | None:
@@ -41,14 +49,23 @@ def declared_problems(
             kind = "head" if path in heads else "stem"
             problems.append((kind, f"module path {path!r} does not exist in the model"))
     for path in heads:
-        problems += [("head", m) for m in _head_problems(model, family, path)]
-    duplicates = sorted(n for n, count in Counter(n for n, _ in patterns).items() if count > 1)
-    if duplicates:
-        problems.append(("groups", f"group names declared more than once: {duplicates}"))
+        problems += [("head", m) for m in head_problems(model, family, path)]
+    problems += [("groups", m) for m in duplicate_groups(patterns)]
     return problems
 
 
-def _head_problems(model: nn.Module, family: Family, path: str) -> list[str]:
+def duplicate_groups(patterns: Sequence[tuple[str, str]]) -> list[str]:
+    """One message per group name declared more than once."""
+    counts = Counter(name for name, _ in patterns)
+    return [
+        f"group name {name!r} is declared {count} times"
+        for name, count in sorted(counts.items())
+        if count > 1
+    ]
+
+
+def head_problems(model: nn.Module, family: Family, path: str) -> list[str]:
+    """Why the head at ``path`` cannot be replaced (empty if it can, or does not exist)."""
     layer = find(model, path)
     if layer is None or is_replaceable_head(layer):
         return []

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import pluggy
 
-from zooadapt import hookspecs
+import zooadapt.hookspecs as hookspecs
 from zooadapt.errors import PluginError, PluginWarning
 from zooadapt.types import Family, RenameRule, Zoo
 
