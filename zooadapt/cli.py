@@ -116,6 +116,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
         return
     print(f"{args.model}: family {info['family']!r} (plugin {info['plugin']!r}), {info['class']}")
     print(f"head: {', '.join(info['head'])}\nstem: {', '.join(info['stems']) or None}")
+    size = "x".join(str(v) for v in info["input_size"])
+    print(f"classes: {info['num_classes']}  input: {info['in_chans']} channels, {size}")
     print("\n".join(_group_lines(info)))
     print("\n".join(_weights_lines(ref.qualified, info["weights"])))
 
@@ -143,6 +145,10 @@ def _describe(model: nn.Module) -> dict[str, Any]:
         "plugin": anat.plugin,
         "head": list(anat.head),
         "stems": list(anat.stems),
+        "num_classes": anat.num_classes,
+        "in_chans": anat.in_chans,
+        "spatial_dims": anat.spatial_dims,
+        "input_size": list(anat.input_size),
         "groups": groups,
         "parameters": sum(g["parameters"] for g in groups),
         "trainable_parameters": sum(g["trainable_parameters"] for g in groups),

@@ -36,10 +36,12 @@ from typing import Any
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from zooadapt._core.plugins import PluginManager
 from zooadapt.errors import OptimizerError
 from zooadapt.freeze import FreezeSpec, freeze, freeze_state, load_freeze_state
 from zooadapt.optim import LearningRate
 from zooadapt.schedule import FineTuneSchedule
+from zooadapt.types import Family
 
 try:
     import lightning.pytorch as pl
@@ -77,6 +79,10 @@ class ZooAdaptFinetuning(pl.Callback):
         bn: BatchNorm policy of the freeze (``"frozen"``, ``"eval"``, ``"train"``).
         model_attr: Attribute of the LightningModule holding the zoo model (dotted paths
             allowed); ``None``: the LightningModule itself.
+        family: Force the model's family by name, or pass a :class:`Family`; once
+            resolved it travels with the model to every later call.
+        plugin_manager: Defaults to the one the model's family was found with, else the
+            shared manager with every installed plugin.
 
     Raises:
         OptimizerError: If both ``lr`` and ``lr_factor`` are given; at fit start, if the
@@ -92,6 +98,8 @@ class ZooAdaptFinetuning(pl.Callback):
         lr_factor: float | None = None,
         bn: str = "frozen",
         model_attr: str | None = "model",
+        family: str | Family | None = None,
+        plugin_manager: PluginManager | None = None,
     ) -> None:
         if lr is not None and lr_factor is not None:
             raise OptimizerError("pass lr or lr_factor, not both")
@@ -101,6 +109,7 @@ class ZooAdaptFinetuning(pl.Callback):
         self.lr_factor = lr_factor
         self.bn = bn
         self.model_attr = model_attr
+        self.lookup: dict[str, Any] = {"family": family, "plugin_manager": plugin_manager}
         self.schedule: FineTuneSchedule | None = None
         self._resumed: dict[str, Any] | None = None  # callback state read from a checkpoint
 
@@ -121,7 +130,7 @@ class ZooAdaptFinetuning(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Freeze before ``configure_optimizers`` builds the optimizer (fit only)."""
         if stage == "fit":
-            freeze(self.zoo_model(pl_module), self.freeze, bn=self.bn)
+            freeze(self.zoo_model(pl_module), self.freeze, bn=self.bn, **self.lookup)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep the checkpoint's state until the optimizer exists (``on_fit_start``)."""
@@ -140,7 +149,9 @@ class ZooAdaptFinetuning(pl.Callback):
         lr = self.lr
         if self.lr_factor is not None:
             lr = self.lr_factor * float(optimizer.defaults["lr"])
-        self.schedule = FineTuneSchedule(model, optimizer, self.milestones, lr=lr, initial=None)
+        self.schedule = FineTuneSchedule(
+            model, optimizer, self.milestones, lr=lr, initial=None, **self.lookup
+        )
         if self._resumed:
             self.schedule.load_state_dict(self._resumed["schedule"])
             load_freeze_state(model, self._resumed["freeze"])

@@ -26,7 +26,7 @@ from zooadapt._core.surgery import (
     owner_of,
     stem_in_chans,
 )
-from zooadapt.errors import CheckpointError
+from zooadapt.errors import CheckpointError, FamilyNotFoundError
 from zooadapt.types import Anatomy, Family, RenameRule, StemLayout
 
 __all__ = [
@@ -337,8 +337,10 @@ def load_weights(
         map_location: Where to read the tensors before they are copied into the model's
             own (default: the CPU).
         stem_init: Strategy for a stem whose channel count differs.
-        family: Force the family by name or pass a :class:`Family`.
-        plugin_manager: Defaults to the shared manager with every installed plugin.
+        family: Force the family by name or pass a :class:`Family`; without one, a model
+            no family understands loads with the generic rules only.
+        plugin_manager: Defaults to the one the model's family was found with, else the
+            shared manager with every installed plugin.
 
     Returns:
         The :class:`LoadReport`.
@@ -348,10 +350,16 @@ def load_weights(
             is then unchanged.
     """
     model = unwrap(model)
-    pm = plugin_manager or get_plugin_manager()
-    declared, anat = describe(model, pm, family)
+    try:
+        declared, anat = describe(model, plugin_manager, family)
+    except FamilyNotFoundError:  # no family: the generic rules, nothing adapted
+        if family is not None:
+            raise
+        declared, anat = None, None
     state = read_state_dict(source, key=key, trust_pickle=trust_pickle, map_location=map_location)
-    all_rules = [*GENERIC_RULES, *pm.rename_rules(declared.item), *user_rules(rules)]
-    targets = Targets.of(anat, stem_init)
+    pm = plugin_manager or get_plugin_manager()
+    family_rules = pm.rename_rules(declared.item) if declared is not None else []
+    all_rules = [*GENERIC_RULES, *family_rules, *user_rules(rules)]
+    targets = Targets.of(anat, stem_init) if anat is not None else Targets()
     label = str(getattr(source, "name", source))
     return load_state(model, state, rules=all_rules, targets=targets, strict=strict, source=label)

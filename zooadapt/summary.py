@@ -39,6 +39,8 @@ def summary(
     lines = [
         f"{type(model).__name__} (family {anat.family!r}, plugin {anat.plugin!r})",
         f"head: {', '.join(anat.head)}    stem: {', '.join(anat.stems) or None}",
+        f"classes: {anat.num_classes}    input: {anat.in_chans} channels, "
+        f"{'x'.join(str(v) for v in anat.input_size)}",
         header,
         "-" * len(header),
     ]

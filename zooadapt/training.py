@@ -31,7 +31,7 @@ from zooadapt._core.plugins import PluginManager
 from zooadapt.errors import CheckpointError
 from zooadapt.freeze import freeze_state, load_freeze_state
 from zooadapt.loading import load_weights
-from zooadapt.optim import foreign_tensors
+from zooadapt.optim import SETTINGS, foreign_tensors
 from zooadapt.saving import describe_adapted, rebuild
 
 __all__ = ["Training", "load_training", "save_training"]
@@ -101,6 +101,7 @@ def save_training(
         "optimizer": {
             "class": type(optimizer).__name__,
             "defaults": dict(optimizer.defaults),
+            "settings": dict(getattr(optimizer, SETTINGS, {})),
             "groups": groups,
             "state_dict": optimizer_state,
         },
@@ -231,4 +232,7 @@ def _restore_optimizer(
         load_full_optimizer_state_dict(model, optimizer, by_name)
     else:
         optimizer.load_state_dict(saved["state_dict"])
+    if saved.get("settings"):  # what za.optimizer was given, for later za.unfreeze calls
+        settings = saved["settings"]
+        optimizer.__dict__[SETTINGS] = {**settings, "no_decay": tuple(settings["no_decay"])}
     return optimizer

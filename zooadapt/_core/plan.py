@@ -21,7 +21,7 @@ from zooadapt._core.surgery import (
     set_submodule,
     stem_in_chans,
 )
-from zooadapt.errors import AdaptError
+from zooadapt.errors import AdaptError, PluginError, ZooAdaptError
 from zooadapt.types import Anatomy, Family
 
 __all__ = ["Plan", "plan_surgery"]
@@ -104,18 +104,23 @@ def plan_surgery(
                 f"declares none), so num_classes={num_classes} cannot be applied; use it as a "
                 "feature extractor under your own head, or choose a variant with a classifier"
             )
-        _plan_heads(plan, model, family, anat.head, num_classes)
+        _plan_heads(plan, model, family, anat.plugin, anat.head, num_classes)
     if in_chans is not None or stem_init is not None:
         _plan_stem(plan, model, family, anat, in_chans, stem_init)
     return plan
 
 
 def _plan_heads(
-    plan: Plan, model: nn.Module, family: Family, heads: Sequence[str], num_classes: int
+    plan: Plan,
+    model: nn.Module,
+    family: Family,
+    plugin: str,
+    heads: Sequence[str],
+    num_classes: int,
 ) -> None:
     layers = [model.get_submodule(path) for path in heads]
     if family.reset_head is not None and not all(map(is_replaceable_head, layers)):
-        plan.reset_head = _reset_head(family, num_classes, _factory(model))
+        plan.reset_head = _reset_head(family, plugin, num_classes, _factory(model))
         return
     for path in heads:
         old = model.get_submodule(path)
@@ -130,11 +135,19 @@ def _factory(model: nn.Module) -> dict[str, Any]:
     return {} if first is None else {"device": first.device, "dtype": first.dtype}
 
 
-def _reset_head(family: Family, num_classes: int, factory: dict[str, Any]) -> Any:
+def _reset_head(family: Family, plugin: str, num_classes: int, factory: dict[str, Any]) -> Any:
     """The family's ``reset_head``, with the new heads moved to the model's device/dtype."""
 
     def reset(model: nn.Module) -> None:
-        family.reset_head(model, num_classes)  # type: ignore[misc]
+        try:
+            family.reset_head(model, num_classes)  # type: ignore[misc]
+        except ZooAdaptError:
+            raise
+        except Exception as err:
+            raise PluginError(
+                f"plugin {plugin!r} failed in family {family.name!r} (reset_head): {err!r}",
+                plugin=plugin,
+            ) from err
         for path in family.head_paths(model):
             model.get_submodule(path).to(**factory)
 
