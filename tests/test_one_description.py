@@ -199,7 +199,7 @@ def test_a_family_given_once_serves_every_later_call(tmp_path):
     (result,) = za.bench(model, settings="backbone", num_classes=4, **small)
     assert result.trainable == 8 * 4 + 4 and result.input_size == (32, 32)
     optimizer = za.optimizer(model, lr=0.1)
-    assert [g["name"] for g in optimizer.param_groups] == ["head"]
+    assert [g["name"] for g in optimizer.param_groups] == ["head", "head.no_decay"]
     path = za.save(model, tmp_path / "custom.safetensors")
     assert za.saving.read_metadata(path)["family"] == "custom"
 
