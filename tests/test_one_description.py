@@ -444,3 +444,37 @@ def test_meta_construction_is_scoped_to_its_thread():
     worker.join(5)
     assert not built["real"].weight.is_meta and built["meta"].weight.is_meta
     assert nn.Module.register_parameter.__qualname__ == "Module.register_parameter"
+
+
+#: Public functions that take a model but never consult its family (they look at
+#: ``requires_grad`` flags or wrappers only).
+FAMILY_FREE = {
+    "freeze_state",
+    "load_freeze_state",
+    "rewrap",
+    "unwrap",
+    "meta_copy",
+    "build_on_meta",
+}
+
+
+def test_every_public_function_taking_a_model_takes_family_and_plugin_manager():
+    import inspect
+
+    from zooadapt.lightning import ZooAdaptFinetuning
+
+    checked = []
+    for name in za.__all__:
+        obj = getattr(za, name)
+        if not callable(obj) or isinstance(obj, type) and not issubclass(obj, za.FeatureCache):
+            continue
+        parameters = inspect.signature(obj).parameters
+        first = next(iter(parameters), "")
+        if not first.startswith("model") or name in FAMILY_FREE:
+            continue
+        checked.append(name)
+        assert {"family", "plugin_manager"} <= set(parameters), name
+        for keyword in ("family", "plugin_manager"):
+            assert parameters[keyword].kind is inspect.Parameter.KEYWORD_ONLY, (name, keyword)
+    assert {"adapt", "anatomy", "bench", "estimate_memory", "save", "save_training"} <= set(checked)
+    assert {"family", "plugin_manager"} <= set(inspect.signature(ZooAdaptFinetuning).parameters)

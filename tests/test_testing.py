@@ -596,3 +596,13 @@ def test_plugins_whose_hooks_fail_or_are_missing() -> None:
         "[plugin] the plugin implements no zooadapt hook: decorate zooadapt_families, "
         "zooadapt_zoos or zooadapt_rename_rules with @zooadapt.hookimpl"
     ]
+
+
+def test_a_head_that_does_not_produce_the_output() -> None:
+    """A family pointing head at an inner linear layer: the trace shows the real one."""
+    family = net_family(head="body", match=lambda model: True)
+    found = [p for p in problems(family) if "produces the output" in p]
+    assert found == [
+        "[head] the layer that produces the output is 'fc', not the declared head 'body': "
+        "point head at 'fc'"
+    ]

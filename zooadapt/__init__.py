@@ -11,6 +11,7 @@ from zooadapt._core.files import read_state_dict
 from zooadapt._core.meta import build_on_meta, meta_copy
 from zooadapt._core.names import list_models
 from zooadapt._core.plugins import PluginManager, get_plugin_manager, make_plugin_manager
+from zooadapt._core.trace import first_conv, output_layer
 from zooadapt.adapt import adapt
 from zooadapt.bench import BenchResult, bench
 from zooadapt.errors import (
@@ -72,6 +73,7 @@ __all__ = [
     "build_on_meta",
     "estimate_memory",
     "extract_features",
+    "first_conv",
     "freeze",
     "freeze_state",
     "get_plugin_manager",
@@ -85,6 +87,7 @@ __all__ = [
     "max_batch_size",
     "meta_copy",
     "optimizer",
+    "output_layer",
     "param_groups",
     "parse_bytes",
     "read_state_dict",

@@ -460,15 +460,23 @@ class _Classifier(nn.Module):
         return out
 
 
-def extract_features(model: nn.Module, data: Iterable[Any], **kwargs: Any) -> FeatureCache:
+def extract_features(
+    model: nn.Module,
+    data: Iterable[Any],
+    *,
+    family: str | Family | None = None,
+    plugin_manager: PluginManager | None = None,
+    **kwargs: Any,
+) -> FeatureCache:
     """Run ``model``'s frozen backbone once over ``data`` and keep what its head receives.
 
-    The same as ``FeatureCache(model, data, **kwargs)``; see :class:`FeatureCache`.
+    The same as ``FeatureCache(model, data, family=..., plugin_manager=..., **kwargs)``;
+    see :class:`FeatureCache`.
 
     Returns:
         The cache, in memory or (with ``path=``) on disk.
     """
-    return FeatureCache(model, data, **kwargs)
+    return FeatureCache(model, data, family=family, plugin_manager=plugin_manager, **kwargs)
 
 
 # -- checks ------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from zooadapt.freeze import freeze_state, load_freeze_state
 from zooadapt.loading import load_weights
 from zooadapt.optim import SETTINGS, foreign_tensors
 from zooadapt.saving import describe_adapted, rebuild
+from zooadapt.types import Family
 
 __all__ = ["Training", "load_training", "save_training"]
 
@@ -54,6 +55,9 @@ def save_training(
     path: str | os.PathLike[str],
     optimizer: torch.optim.Optimizer,
     scheduler: Any = None,
+    *,
+    family: str | Family | None = None,
+    plugin_manager: PluginManager | None = None,
     **extra: Any,
 ) -> Path:
     """Write a resumable training checkpoint atomically.
@@ -69,6 +73,10 @@ def save_training(
         path: Destination file (a torch file readable with ``weights_only=True``).
         optimizer: Its optimizer; every parameter it holds must belong to ``model``.
         scheduler: Optional learning-rate scheduler (anything with ``state_dict``).
+        family: Force the model's family by name, or pass a :class:`Family`; by default
+            the one resolved for the model before.
+        plugin_manager: Defaults to the one the model's family was found with, else the
+            shared manager with every installed plugin.
         **extra: Plain data to restore too (epoch, step, a schedule's ``state_dict()``).
 
     Returns:
@@ -88,7 +96,7 @@ def save_training(
         )
     names = {id(p): n for n, p in root.named_parameters()}
     groups = [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
-    adapted = describe_adapted(root)
+    adapted = describe_adapted(root, family=family, plugin_manager=plugin_manager)
     weights = full_state_dict(root)  # collective for a sharded model, as is the next line
     optimizer_state = _optimizer_state(root, optimizer, groups)
     if not is_writer(model):

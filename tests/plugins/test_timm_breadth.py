@@ -12,6 +12,7 @@ import timm
 import torch
 
 import zooadapt as za
+from zooadapt.saving import describe_adapted
 
 ARCHS = timm.list_models()
 
@@ -62,13 +63,14 @@ def test_adapt_forward_groups_and_freeze_on_meta(arch):
             _adapt(arch, **request)
         del request[argument]
     model = _adapt(arch, **request)
-    channels = request.get("in_chans", 3)
-    size = model.pretrained_cfg["input_size"][1:]
-    out = model.eval()(torch.empty(2, channels, *size, device="meta"))
-    if "num_classes" in request:
-        assert out.shape == (2, 10)
-
     anatomy = za.anatomy(model)
+    channels = request.get("in_chans", 3)
+    assert anatomy.in_chans == (channels if anatomy.stems else None)
+    assert anatomy.input_size == tuple(model.pretrained_cfg["input_size"][1:])
+    out = model.eval()(torch.empty(anatomy.input_shape(2), device="meta"))
+    if "num_classes" in request:
+        assert out.shape == (2, 10) and anatomy.num_classes == 10
+
     assert anatomy.family.startswith("timm")
     grouped = [name for names in anatomy.groups.values() for name in names]
     assert sorted(grouped) == sorted(name for name, _ in model.named_parameters())
@@ -79,3 +81,11 @@ def test_adapt_forward_groups_and_freeze_on_meta(arch):
 
     za.freeze(model)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == head
+
+    # What za.save records (classes, channels through the stem layout) rebuilds the model.
+    info = describe_adapted(model)
+    rebuilt = _adapt(
+        arch, num_classes=info["num_classes"], in_chans=info["in_chans"], **info["model_kwargs"]
+    )
+    shapes = {name: p.shape for name, p in model.named_parameters()}
+    assert {name: p.shape for name, p in rebuilt.named_parameters()} == shapes

@@ -111,11 +111,30 @@ def meta_copy(module: nn.Module) -> nn.Module:
     """A deep copy of ``module`` with every parameter and buffer on the meta device.
 
     No data is copied: the copy allocates nothing, whatever the size of the model.
-    ``requires_grad`` flags, hooks and modes are kept; ``module`` is not touched.
+    ``requires_grad`` flags, hooks and modes are kept; ``module`` is not touched. Tensors
+    a module caches in plain attributes (LeViT's attention biases, computed in an eval
+    forward and not leaves of the graph, so ``deepcopy`` refuses them) go to meta too.
     """
     memo: dict[int, Any] = {}
     for param in module.parameters():
         memo[id(param)] = nn.Parameter(param.detach().to("meta"), param.requires_grad)
     for buffer in module.buffers():
         memo[id(buffer)] = buffer.detach().to("meta")
+    for inner in module.modules():
+        for value in vars(inner).values():
+            for tensor in _cached_tensors(value):
+                memo.setdefault(id(tensor), tensor.detach().to("meta"))
     return copy.deepcopy(module, memo)
+
+
+def _cached_tensors(value: Any, depth: int = 2) -> list[torch.Tensor]:
+    """Tensors in a plain attribute value: itself, or inside dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if depth == 0:
+        return []
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _cached_tensors(item, depth - 1)]
+    return []

@@ -19,6 +19,7 @@ from zooadapt._core.files import read_state_dict
 from zooadapt._core.meta import build_on_meta
 from zooadapt._core.plugins import PluginManager, get_plugin_manager, make_plugin_manager
 from zooadapt._core.surgery import check_stem, head_out_features, is_replaceable_head, stem_in_chans
+from zooadapt._core.trace import output_layer
 from zooadapt.adapt import adapt
 from zooadapt.errors import AdaptError, CheckpointError
 from zooadapt.freeze import freeze
@@ -150,6 +151,8 @@ def family_report(
     ctx = _Context(fam, plugin, built, pm, report, lambda r: _build_model(model, device, r))
     _check_owner(ctx)
     heads = _check_heads(ctx)
+    if heads:
+        _check_output(ctx, heads)
     stems = _check_stems(ctx, input_shape)
     assigned = _check_groups(ctx, heads)
     _check_rename_rules(ctx, rules_checkpoint)
@@ -254,6 +257,19 @@ def _check_heads(ctx: _Context) -> tuple[str, ...] | None:
                 ctx.report.add("head", message)
                 ok = False
     return tuple(heads) if ok else None
+
+
+def _check_output(ctx: _Context, heads: tuple[str, ...]) -> None:
+    """The declared heads include the layer a meta trace shows producing the output."""
+    found = _attempt(ctx.report, "head", "tracing the output", lambda: output_layer(ctx.model))
+    if found is _FAILED or found is None:
+        return  # several heads combined, or no input the model takes: nothing to compare
+    if found[0] not in heads:
+        ctx.report.add(
+            "head",
+            f"the layer that produces the output is {found[0]!r}, not the declared head "
+            f"{_names(heads)}: point head at {found[0]!r}",
+        )
 
 
 def _check_stems(ctx: _Context, input_shape: Sequence[int]) -> tuple[str, ...] | None:
