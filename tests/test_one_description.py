@@ -449,12 +449,13 @@ def test_meta_construction_is_scoped_to_its_thread():
 #: Public functions that take a model but never consult its family (they look at
 #: ``requires_grad`` flags or wrappers only).
 FAMILY_FREE = {
+    "first_conv",
     "freeze_state",
     "load_freeze_state",
+    "meta_copy",
+    "output_layer",
     "rewrap",
     "unwrap",
-    "meta_copy",
-    "build_on_meta",
 }
 
 

@@ -381,9 +381,11 @@ def test_an_adapted_forward_that_fails() -> None:
     # The "head" is the body layer: replacing it breaks the layer after it.
     groups = {"stem": r"^stem\.", "body": r"^fc\.", "head": r"^body\."}
     assert problems(net_family(head="body", groups=groups)) == [
+        "[head] the layer that produces the output is 'fc', not the declared head 'body': "
+        "point head at 'fc'",
         "[forward] the adapted model's forward on an input of shape (2, 1, 64, 64) raised "
         "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x3 and 4x2) "
-        "(the unadapted model runs on (2, 3, 64, 64): the adaptation broke it)"
+        "(the unadapted model runs on (2, 3, 64, 64): the adaptation broke it)",
     ]
 
 
@@ -413,7 +415,8 @@ def test_an_adapt_that_fails() -> None:
 
     family = net_family(match=lambda model: True, reset_head=refuse, groups=GROUPS)
     assert problems(family, WithIdentityHead) == [
-        "[adapt] za.adapt(model, num_classes=3, in_chans=1) raised RuntimeError: no new head today"
+        "[adapt] za.adapt(model, num_classes=3, in_chans=1) raised PluginError: plugin "
+        "'<caller>' failed in family 'net' (reset_head): RuntimeError('no new head today')"
     ]
 
 

@@ -151,8 +151,8 @@ def family_report(
     ctx = _Context(fam, plugin, built, pm, report, lambda r: _build_model(model, device, r))
     _check_owner(ctx)
     heads = _check_heads(ctx)
-    if heads:
-        _check_output(ctx, heads)
+    if heads and all(is_replaceable_head(ctx.model.get_submodule(h)) for h in heads):
+        _check_output(ctx, heads)  # a headless model's output comes from before its head
     stems = _check_stems(ctx, input_shape)
     assigned = _check_groups(ctx, heads)
     _check_rename_rules(ctx, rules_checkpoint)
