@@ -76,7 +76,8 @@ def test_info_shows_family_head_stem_groups_and_weights():
     result = run("info", "densenet121", "--freeze", "last")
     assert result.returncode == 0, result.stderr
     assert "family 'densenet'" in result.stdout and "stem: features.conv0" in result.stdout
-    flags = {line.split()[0]: line.split()[-1] for line in result.stdout.splitlines()[4:10]}
+    assert "classes: 1000  input: 3 channels, 224x224" in result.stdout
+    flags = {line.split()[0]: line.split()[-1] for line in result.stdout.splitlines()[5:11]}
     assert flags == {f"block{i}": "no" for i in (1, 2, 3)} | {
         "stem": "no",
         "block4": "yes",

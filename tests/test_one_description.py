@@ -479,3 +479,20 @@ def test_every_public_function_taking_a_model_takes_family_and_plugin_manager():
             assert parameters[keyword].kind is inspect.Parameter.KEYWORD_ONLY, (name, keyword)
     assert {"adapt", "anatomy", "bench", "estimate_memory", "save", "save_training"} <= set(checked)
     assert {"family", "plugin_manager"} <= set(inspect.signature(ZooAdaptFinetuning).parameters)
+
+
+def test_a_later_adapt_keeps_the_family_of_the_manager_given_first():
+    class Plugin:
+        @za.hookimpl
+        def zooadapt_families(self):
+            yield za.Family(
+                name="custom_pm",
+                classes=(f"{Custom.__module__}.{Custom.__qualname__}",),
+                head="out",
+                stem="entry",
+                groups={"body": r"^(entry|trunk)\.", "head": r"^out\."},
+            )
+
+    model = za.adapt(Custom(), plugin_manager=za.make_plugin_manager(Plugin()))
+    za.adapt(model, num_classes=3)  # no manager: the shared one would pick "generic"
+    assert za.anatomy(model).family == "custom_pm" and model.out.out_features == 3

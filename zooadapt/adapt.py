@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zooadapt._core.anatomy import describe
+from zooadapt._core.anatomy import describe, manager_of
 from zooadapt._core.distributed import unwrap
 from zooadapt._core.files import read_state_dict
 from zooadapt._core.meta import build_on_meta, gc_paused
@@ -51,7 +51,7 @@ class _Request:
     stem_init: StemInit | None
     freeze: FreezeSpec
     family: str | Family | None
-    pm: PluginManager
+    pm: PluginManager | None  # None: the model's own (recorded) or the shared manager
 
 
 @gc_paused()
@@ -101,9 +101,7 @@ def adapt(
     """
     _check_count("num_classes", num_classes)
     _check_count("in_chans", in_chans)
-    request = _Request(
-        num_classes, in_chans, stem_init, freeze, family, plugin_manager or get_plugin_manager()
-    )
+    request = _Request(num_classes, in_chans, stem_init, freeze, family, plugin_manager)
     on_meta = device is not None and torch.device(device).type == "meta"
     path = pretrained if _is_path(pretrained) and not on_meta else None
     checkpoint = read_state_dict(path) if path is not None else None  # type: ignore[arg-type]
@@ -113,7 +111,7 @@ def adapt(
         return _finish(model, request, device, dtype)
     if not isinstance(model, str):
         raise AdaptError(f"model must be a registry name or nn.Module, got {type(model).__name__}")
-    ref = resolve_name(model, request.pm)
+    ref = resolve_name(model, request.pm or get_plugin_manager())
     if checkpoint is not None:
         module = _from_checkpoint(ref, model_kwargs, request, checkpoint, str(path))
     else:
@@ -240,7 +238,7 @@ def _adapt_in_place(
     """
     declared, anat = describe(model, request.pm, request.family)
     num_classes, in_chans = request.num_classes, request.in_chans
-    rules = [*GENERIC_RULES, *request.pm.rename_rules(declared.item)]
+    rules = [*GENERIC_RULES, *manager_of(model).rename_rules(declared.item)]
     if checkpoint is not None:
         renamed, _ = rename_keys(checkpoint, rules, model.state_dict())
         num_classes = num_classes or head_rows(renamed, anat.head)

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from zooadapt._core.anatomy import describe
+from zooadapt._core.anatomy import describe, manager_of
 from zooadapt._core.distributed import unwrap
 from zooadapt._core.files import Source, read_state_dict
 from zooadapt._core.meta import gc_paused
-from zooadapt._core.plugins import PluginManager, get_plugin_manager
+from zooadapt._core.plugins import PluginManager
 from zooadapt._core.surgery import (
     StemInit,
     adapt_stem_weight,
@@ -357,7 +357,7 @@ def load_weights(
             raise
         declared, anat = None, None
     state = read_state_dict(source, key=key, trust_pickle=trust_pickle, map_location=map_location)
-    pm = plugin_manager or get_plugin_manager()
+    pm = plugin_manager or manager_of(model)
     family_rules = pm.rename_rules(declared.item) if declared is not None else []
     all_rules = [*GENERIC_RULES, *family_rules, *user_rules(rules)]
     targets = Targets.of(anat, stem_init) if anat is not None else Targets()

@@ -15,8 +15,6 @@ import torchvision
 import zooadapt as za
 
 TORCHVISION = sorted(torchvision.models.list_models(module=torchvision.models))
-#: Over 300M parameters: several GiB to initialise, save and load; run with ``-m slow``.
-HUGE = {"vit_h_14", "regnet_y_128gf"}
 #: A sample of timm: every folded or linear stem (TResNet's space-to-depth, NaFlexViT's
 #: P-P-C patches), parallel stems (FastViT, CrossViT), distillation heads (DeiT, LeViT),
 #: headless default configs (EVA-02 encoders, ``num_classes=0`` in ``pretrained_cfg``),
@@ -106,10 +104,7 @@ def _check_estimate_and_cache(model, anatomy):
         _assert_close(cache.classifier(model)(features), model.eval()(x))
 
 
-@pytest.mark.parametrize(
-    "arch",
-    [pytest.param(a, marks=pytest.mark.slow) if a in HUGE else a for a in TORCHVISION],
-)
+@pytest.mark.parametrize("arch", TORCHVISION)
 def test_every_torchvision_builder_round_trips(arch, tmp_path):
     anatomy = _round_trip(arch, tmp_path, num_classes=10, in_chans=1)
     assert (anatomy.num_classes, anatomy.in_chans) == (10, 1)

@@ -37,6 +37,7 @@ __all__ = [
     "describe",
     "family_rank",
     "forget",
+    "manager_of",
     "present_heads",
     "select_family",
     "spatial_size",
@@ -160,6 +161,13 @@ def _forgotten() -> None:
 def _shape_key(model: nn.Module) -> tuple[Any, ...]:
     """Parameter names and shapes: the description holds while these do."""
     return tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
+
+
+def manager_of(model: nn.Module) -> PluginManager:
+    """The plugin manager ``model``'s family was resolved with, else the shared one."""
+    record: Resolved | None = unwrap(model).__dict__.get(_RECORD)
+    pm = record.pm if record is not None else None
+    return pm if pm is not None else get_plugin_manager()
 
 
 def forget(model: nn.Module) -> None:
