@@ -56,6 +56,20 @@ CUSTOM = za.Family(
 )
 
 
+class CustomPlugin:
+    """A plugin whose family owns :class:`Custom` by class (only in its own manager)."""
+
+    @za.hookimpl
+    def zooadapt_families(self):
+        yield za.Family(
+            name="custom_pm",
+            classes=(f"{Custom.__module__}.{Custom.__qualname__}",),
+            head="out",
+            stem="entry",
+            groups={"body": r"^(entry|trunk)\.", "head": r"^out\."},
+        )
+
+
 class TinyUnet(nn.Module):
     """Segmentation-shaped (as segmentation_models_pytorch's Unet): no classifier head.
 
@@ -205,18 +219,7 @@ def test_a_family_given_once_serves_every_later_call(tmp_path):
 
 
 def test_a_family_from_a_plugin_manager_serves_every_later_call():
-    class Plugin:
-        @za.hookimpl
-        def zooadapt_families(self):
-            yield za.Family(
-                name="custom_pm",
-                classes=(f"{Custom.__module__}.{Custom.__qualname__}",),
-                head="out",
-                stem="entry",
-                groups={"body": r"^(entry|trunk)\.", "head": r"^out\."},
-            )
-
-    pm = za.make_plugin_manager(Plugin())
+    pm = za.make_plugin_manager(CustomPlugin())
     model = Custom()
     za.adapt(model, in_chans=1, plugin_manager=pm)
     assert za.anatomy(model).family == "custom_pm"  # without the manager: still found
@@ -482,17 +485,6 @@ def test_every_public_function_taking_a_model_takes_family_and_plugin_manager():
 
 
 def test_a_later_adapt_keeps_the_family_of_the_manager_given_first():
-    class Plugin:
-        @za.hookimpl
-        def zooadapt_families(self):
-            yield za.Family(
-                name="custom_pm",
-                classes=(f"{Custom.__module__}.{Custom.__qualname__}",),
-                head="out",
-                stem="entry",
-                groups={"body": r"^(entry|trunk)\.", "head": r"^out\."},
-            )
-
-    model = za.adapt(Custom(), plugin_manager=za.make_plugin_manager(Plugin()))
+    model = za.adapt(Custom(), plugin_manager=za.make_plugin_manager(CustomPlugin()))
     za.adapt(model, num_classes=3)  # no manager: the shared one would pick "generic"
     assert za.anatomy(model).family == "custom_pm" and model.out.out_features == 3

@@ -26,10 +26,10 @@ from zooadapt._core.anatomy import anatomy, spatial_size
 from zooadapt._core.distributed import unwrap
 from zooadapt._core.meta import meta_copy
 from zooadapt._core.plugins import PluginManager
+from zooadapt._core.step import measure_step
 from zooadapt.adapt import adapt, adapted_from
 from zooadapt.errors import AdaptError
 from zooadapt.freeze import FreezeSpec, freeze, unfreeze
-from zooadapt.memory import measure_step
 from zooadapt.optim import optimizer as make_optimizer
 from zooadapt.optim import optimizer_class
 from zooadapt.types import Family
