@@ -90,17 +90,21 @@ class LoadReport:
     mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    cast: dict[str, tuple[str, str]] = field(default_factory=dict)
+    invalid: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         """Whether every tensor the model needs was loaded or deliberately replaced."""
-        return not (self.mismatched or self.missing or self.unexpected)
+        return not (self.mismatched or self.missing or self.unexpected or self.invalid)
 
     def __str__(self) -> str:
         sections = [
             ("renamed", [f"{old} -> {new} ({rule})" for old, (new, rule) in self.renamed.items()]),
             ("adapted", [f"{k} (input channels)" for k in self.adapted]),
             ("dropped", [f"{k} (head replaced)" for k in self.dropped]),
+            ("cast", [f"{k}: {got} -> {want}" for k, (got, want) in self.cast.items()]),
+            ("invalid", [f"{k}: {why}" for k, why in self.invalid.items()]),
             (
                 "mismatched",
                 [
@@ -183,18 +187,23 @@ def load_state(
     renamed_state, renamed = rename_keys(state, rules, own)
     report = LoadReport(renamed=renamed)
     final: dict[str, torch.Tensor] = {}
+    replaced = _replaced_heads(renamed_state, own, targets)
     for key, tensor in renamed_state.items():
         want = own.get(key)
+        problem = _uninstallable(tensor)
         if want is None:
             report.unexpected.append(key)
-        elif tensor.shape == want.shape:
-            final[key] = tensor
-        elif _under(key, targets.heads):
+        elif problem:
+            report.invalid[key] = problem
+        elif _under(key, replaced):
             report.dropped.append(key)
+        elif tensor.shape == want.shape:
+            final[key] = _in_dtype_of(key, tensor, want, report)
         elif targets.is_stem(key) and _channels_differ(tensor, want):
             chans = stem_in_chans(want, targets.stem_layout)
             init = targets.stem_init or default_stem_init(chans)
-            final[key] = adapt_stem_weight(tensor, chans, init, targets.stem_layout)
+            adapted = adapt_stem_weight(tensor, chans, init, targets.stem_layout)
+            final[key] = _in_dtype_of(key, adapted, want, report)
             report.adapted.append(key)
         else:
             report.mismatched[key] = (tuple(tensor.shape), tuple(want.shape))
@@ -205,6 +214,10 @@ def load_state(
         and not k.endswith("num_batches_tracked")
         and not (_under(k, targets.heads) and (report.dropped or targets.new_heads))
     ]
+    if report.invalid:  # never installable, strict or not: nothing is changed
+        raise CheckpointError(
+            f"{source} cannot be loaded into {type(model).__qualname__}:\n{report}"
+        )
     if strict and not report.ok:
         raise CheckpointError(f"{source} does not fit {type(model).__qualname__}:\n{report}")
     if assign:
@@ -213,6 +226,55 @@ def load_state(
         _copy_into(model, final)
     report.loaded = sorted(final)
     return report
+
+
+def _replaced_heads(
+    state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], targets: Targets
+) -> tuple[str, ...]:
+    """Heads whose class count differs between checkpoint and model: dropped as a whole.
+
+    A head whose count matches but whose other dimension differs was not replaced: its
+    tensors are a mismatch, never half-loaded.
+    """
+    replaced = []
+    for path in targets.heads:
+        got, want = state.get(f"{path}.weight"), own.get(f"{path}.weight")
+        if got is not None and want is not None and got.shape[:1] != want.shape[:1]:
+            replaced.append(path)
+    return tuple(replaced)
+
+
+def _uninstallable(tensor: object) -> str:
+    """Why ``tensor`` cannot be installed in a model (``""`` if it can)."""
+    if not isinstance(tensor, torch.Tensor):
+        return f"a {type(tensor).__name__}, not a tensor"
+    if tensor.layout is not torch.strided:
+        return f"a {str(tensor.layout).removeprefix('torch.')} tensor; only dense tensors load"
+    if tensor.is_quantized:
+        return "a quantized tensor; dequantize it first"
+    if tensor.is_meta:
+        return "a meta tensor: it holds no data"
+    return ""
+
+
+def _in_dtype_of(
+    key: str, tensor: torch.Tensor, want: torch.Tensor, report: LoadReport
+) -> torch.Tensor:
+    """``tensor`` in the model's dtype: floats are cast (and reported), other kinds refused."""
+    if tensor.dtype == want.dtype:
+        return tensor
+    same_kind = tensor.is_floating_point() == want.is_floating_point() and (
+        tensor.dtype == torch.bool
+    ) == (want.dtype == torch.bool)
+    if not same_kind:
+        report.invalid[key] = f"{_dtype_name(tensor)} where the model holds {_dtype_name(want)}"
+        return tensor
+    report.cast[key] = (_dtype_name(tensor), _dtype_name(want))
+    return tensor.to(want.dtype)
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 def _with_metadata(

@@ -17,7 +17,7 @@ from torch import nn
 
 from zooadapt._core.anatomy import anatomy, class_name
 from zooadapt._core.distributed import full_state_dict, is_writer, unwrap
-from zooadapt._core.files import atomic_write
+from zooadapt._core.files import atomic_write, check_regular_file
 from zooadapt._core.plugins import PluginManager
 from zooadapt.adapt import adapt, adapted_from
 from zooadapt.errors import CheckpointError, FamilyNotFoundError
@@ -124,6 +124,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     from safetensors import safe_open
 
+    check_regular_file(path, "checkpoint")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}

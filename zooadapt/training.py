@@ -26,11 +26,12 @@ from zooadapt._core.distributed import (
     load_full_state_dict,
     unwrap,
 )
-from zooadapt._core.files import atomic_write
+from zooadapt._core.files import atomic_write, check_regular_file
+from zooadapt._core.meta import meta_copy
 from zooadapt._core.plugins import PluginManager
-from zooadapt.errors import CheckpointError
+from zooadapt.errors import CheckpointError, ZooAdaptError
 from zooadapt.freeze import freeze_state, load_freeze_state
-from zooadapt.loading import load_weights
+from zooadapt.loading import load_state
 from zooadapt.optim import SETTINGS, foreign_tensors
 from zooadapt.saving import describe_adapted, rebuild
 from zooadapt.types import Family
@@ -178,16 +179,51 @@ def load_training(
     Returns:
         The restored :class:`Training` (model, optimizer, scheduler, extra).
 
+    Everything is checked before ``model`` changes: weights, freeze state, optimizer and
+    scheduler are first restored into a meta-device copy of it (no memory), so a
+    checkpoint that does not fit leaves ``model`` exactly as it was.
+
     Raises:
-        CheckpointError: If the file is not a zooadapt training checkpoint or the model
-            cannot be rebuilt.
+        CheckpointError: If the file is not a zooadapt training checkpoint, does not fit
+            the model (weights, groups, freeze state, optimizer or scheduler state), or the
+            model cannot be rebuilt.
     """
+    check_regular_file(path, "training checkpoint")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"cannot read training checkpoint {path}: {err}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a zooadapt training checkpoint (za.save_training)")
+    if model is not None and not is_sharded(model):  # rehearse on a meta copy first
+        rehearsal = meta_copy(unwrap(model))
+        _checked(path, lambda: _restore(payload, path, rehearsal, scheduler, optimizer_class, None))
+    return _checked(
+        path, lambda: _restore(payload, path, model, scheduler, optimizer_class, plugin_manager)
+    )
+
+
+def _checked(path: str | os.PathLike[str], restore: Callable[[], Training]) -> Training:
+    """Run ``restore``; an error that is not zooadapt's names the file it came from."""
+    try:
+        return restore()
+    except ZooAdaptError:
+        raise
+    except Exception as err:
+        raise CheckpointError(
+            f"{path} does not fit: {type(err).__name__}: {err}; the model was left unchanged"
+        ) from err
+
+
+def _restore(
+    payload: dict[str, Any],
+    path: str | os.PathLike[str],
+    model: nn.Module | None,
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None,
+    optimizer_class: type[torch.optim.Optimizer] | None,
+    plugin_manager: PluginManager | None,
+) -> Training:
+    """Weights, freeze state, optimizer and scheduler, in that order."""
     restored = _restore_model(payload, path, model, plugin_manager)
     load_freeze_state(restored, payload["freeze"])
     optimizer = _restore_optimizer(restored, payload["optimizer"], optimizer_class)
@@ -207,8 +243,8 @@ def _restore_model(
     if model is not None and is_sharded(model):
         load_full_state_dict(model, payload["model"])
         return unwrap(model)
-    if model is not None:
-        load_weights(model, path, key="model", plugin_manager=plugin_manager)
+    if model is not None:  # exactly the saved tensors: nothing renamed, no head dropped
+        load_state(unwrap(model), payload["model"], source=str(path))
         return unwrap(model)
     if not info["model"]:
         raise CheckpointError(

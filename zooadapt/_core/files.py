@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -14,7 +15,7 @@ from torch import nn
 
 from zooadapt.errors import CheckpointError
 
-__all__ = ["NESTED_KEYS", "Source", "read_state_dict"]
+__all__ = ["NESTED_KEYS", "Source", "atomic_write", "check_regular_file", "read_state_dict"]
 
 #: Keys under which training checkpoints nest the model's state dict, in preference order.
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "state_dict_ema", "model_ema")
@@ -54,8 +55,8 @@ def read_state_dict(
             holds pickled objects without ``trust_pickle``, or lacks ``key``.
     """
     label = _label(source)
-    if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
-        raise CheckpointError(f"checkpoint {label} does not exist")
+    if isinstance(source, (str, os.PathLike)):
+        check_regular_file(source, "checkpoint")
     try:
         if _is_safetensors(source):
             data: Any = _read_safetensors(source, str(map_location or "cpu"))
@@ -74,6 +75,34 @@ def read_state_dict(
             f"cannot read checkpoint {label}: it is truncated or not a checkpoint ({err})"
         ) from err
     return _unwrap(data, label, key)
+
+
+#: How deep nested checkpoint dicts are unwrapped before giving up (a cycle is caught
+#: earlier, by identity).
+MAX_NESTING = 8
+
+
+def check_regular_file(path: str | os.PathLike[str], what: str = "file") -> Path:
+    """``path`` as a :class:`Path`, if it is a regular file: never open a FIFO or a device.
+
+    Raises:
+        CheckpointError: Naming the path: missing, a directory, or not a regular file.
+    """
+    target = Path(path)
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} {target} does not exist") from None
+    except OSError as err:
+        raise CheckpointError(f"cannot read {what} {target}: {err.strerror or err}") from err
+    if stat.S_ISDIR(mode):
+        raise CheckpointError(f"{what} {target} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(
+            f"{what} {target} is not a regular file (a FIFO, socket or device); "
+            "zooadapt reads checkpoints only from regular files"
+        )
+    return target
 
 
 def _label(source: Source) -> str:
@@ -125,7 +154,14 @@ def _unwrap(data: Any, label: str, key: str | None) -> dict[str, torch.Tensor]:
             keys = sorted(map(str, data)) if isinstance(data, Mapping) else []
             raise CheckpointError(f"{label} has no entry {key!r}; its entries: {keys[:20]}")
         data = data[key]
+    seen: set[int] = set()
     while isinstance(data, Mapping) and not _is_state_dict(data):
+        if id(data) in seen or len(seen) >= MAX_NESTING:
+            problem = "refers to itself" if id(data) in seen else f"nests over {MAX_NESTING} deep"
+            raise CheckpointError(
+                f"{label}: its nested entries {problem}; choose the state dict with key=..."
+            )
+        seen.add(id(data))
         nested = next((k for k in NESTED_KEYS if isinstance(data.get(k), Mapping)), None)
         if nested is None:
             raise CheckpointError(
