@@ -111,6 +111,10 @@ def test_info_json_applies_classes_and_freeze_and_lists_weights():
 
 def test_adapt_out_writes_a_checkpoint_that_za_load_rebuilds(tmp_path: Path):
     out = tmp_path / "ckpt" / "resnet18-3.safetensors"
+    missing = run("adapt", "resnet18", "--pretrained", "none", "--out", str(out))
+    assert missing.returncode == 1 and "does not exist (create it first)" in missing.stderr
+    assert not out.parent.exists()  # no directory created unasked
+    out.parent.mkdir()
     result = run(
         "adapt", "resnet18", "--num-classes", "3", "--in-chans", "1", "--pretrained", "none",
         "--freeze", "backbone", "--out", str(out),

@@ -110,10 +110,20 @@ def save(
 
 
 def _unique_contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU tensors, each with storage of its own: tied weights are written twice."""
     meta = [k for k, v in state.items() if v.is_meta]
     if meta:
         raise CheckpointError(f"cannot save meta tensors (no data): {meta[:5]}")
-    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for key, value in state.items():
+        tensor = value.detach().cpu().contiguous()
+        storage = (tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
+        if storage in seen or tensor.untyped_storage().nbytes() != tensor.nbytes:
+            tensor = tensor.clone()
+        seen.add((tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes()))
+        out[key] = tensor
+    return out
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
+import secrets
+import signal
 import stat
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -15,7 +19,14 @@ from torch import nn
 
 from zooadapt.errors import CheckpointError
 
-__all__ = ["NESTED_KEYS", "Source", "atomic_write", "check_regular_file", "read_state_dict"]
+__all__ = [
+    "NESTED_KEYS",
+    "Source",
+    "atomic_write",
+    "check_regular_file",
+    "read_state_dict",
+    "remove_stale_temporaries",
+]
 
 #: Keys under which training checkpoints nest the model's state dict, in preference order.
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "state_dict_ema", "model_ema")
@@ -178,27 +189,131 @@ def _is_state_dict(data: Mapping[Any, Any]) -> bool:
     return bool(data) and all(isinstance(v, torch.Tensor) for v in data.values())
 
 
+#: Temporary files of :func:`atomic_write`: ``.za-<target tag>-<pid>-<random>.tmp``, short
+#: enough beside any valid file name, and recognisable as a given target's.
+TEMP_PREFIX = ".za-"
+_live: set[Path] = set()  # temporary files being written by this process
+_live_lock = threading.Lock()
+_previous_sigterm: Any = None
+
+
+def _tag(target: Path) -> str:
+    return hashlib.sha1(target.name.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+
+
+def _temporary(target: Path) -> Path:
+    return target.with_name(f"{TEMP_PREFIX}{_tag(target)}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove what killed writers (``kill -9``) left beside ``target``; return those files."""
+    removed = []
+    for leftover in target.parent.glob(f"{TEMP_PREFIX}{_tag(target)}-*.tmp"):
+        try:
+            pid = int(leftover.name.split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        if leftover in _live or (pid != os.getpid() and _alive(pid)):
+            continue  # another writer is still at work
+        leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    return removed
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Remove this process's temporary files, then end as SIGTERM would have."""
+    for temporary in list(_live):
+        temporary.unlink(missing_ok=True)
+    signal.signal(signal.SIGTERM, _previous_sigterm or signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _track(temporary: Path) -> None:
+    global _previous_sigterm
+    with _live_lock:
+        first = not _live
+        _live.add(temporary)
+    main = threading.current_thread() is threading.main_thread()
+    if first and main and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        _previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _untrack(temporary: Path) -> None:
+    global _previous_sigterm
+    with _live_lock:
+        _live.discard(temporary)
+        last = not _live
+    main = threading.current_thread() is threading.main_thread()
+    if last and main and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, _previous_sigterm or signal.SIG_DFL)
+        _previous_sigterm = None
+
+
+def _check_target(target: Path) -> None:
+    if not target.name or target.name in (".", ".."):
+        raise CheckpointError(f"cannot write {target}: not a file name")
+    if target.is_dir():
+        raise CheckpointError(f"cannot write {target}: it is a directory")
+    parent = target.parent
+    if not parent.exists():
+        raise CheckpointError(
+            f"cannot write {target}: directory {parent} does not exist (create it first)"
+        )
+    if not parent.is_dir():
+        raise CheckpointError(f"cannot write {target}: {parent} is a file, not a directory")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
 
-    The temporary file is fsynced and renamed over ``path``, then the directory is
-    fsynced, so a crash leaves either the old file or the new one, never a partial one.
-    On any exception the temporary file is removed and ``path`` is untouched.
+    The temporary file has a name of its own for every call (any thread, any process), is
+    fsynced and renamed over ``path``, then the directory is fsynced: ``path`` always
+    holds one complete write (the last one to finish), never a mix or a partial one.
+    On an exception, or SIGTERM / SIGINT, the temporary file is removed and ``path`` is
+    untouched; what a SIGKILL leaves is removed by the next write to ``path``. Missing
+    directories are not created.
+
+    Raises:
+        CheckpointError: Naming the path and the cause (a missing directory, a read-only
+            or full disk, ...); the file at ``path``, if any, is intact.
     """
+    if path is None:
+        raise CheckpointError("no path to write to: pass a file name")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    _check_target(target)
+    remove_stale_temporaries(target)
+    temporary = _temporary(target)
+    _track(temporary)
     try:
         yield temporary
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, target)
-    except BaseException:
+        _fsync_directory(target.parent)
+    except BaseException as err:
         temporary.unlink(missing_ok=True)
+        if isinstance(err, OSError) or type(err).__name__ == "SafetensorError":
+            cause = getattr(err, "strerror", None) or str(err).splitlines()[0]
+            raise CheckpointError(f"cannot write {target}: {cause}") from err
         raise
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
     finally:
-        os.close(directory)
+        _untrack(temporary)
+
+
+def _fsync_directory(directory: Path) -> None:
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
