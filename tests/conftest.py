@@ -15,6 +15,12 @@ MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 
 
 @pytest.fixture
+def strict_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ZOOADAPT_STRICT_PLUGINS=1: a broken plugin raises instead of being skipped."""
+    monkeypatch.setenv("ZOOADAPT_STRICT_PLUGINS", "1")
+
+
+@pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """No download attempts: missing weights fail at once with the offline error."""
     monkeypatch.setenv("ZOOADAPT_OFFLINE", "1")

@@ -123,6 +123,7 @@ def test_zoos_are_declared_with_plugin_and_sorted_by_order_then_name() -> None:
     assert all(isinstance(d.item, Zoo) for d in zoos)
 
 
+@pytest.mark.usefixtures("strict_plugins")
 def test_same_family_name_in_two_plugins_is_an_error_naming_both() -> None:
     pm = za.make_plugin_manager(
         plugin("AlphaPlugin", family("dup")), plugin("BetaPlugin", family("dup"))
@@ -135,6 +136,7 @@ def test_same_family_name_in_two_plugins_is_an_error_naming_both() -> None:
     assert "BetaPlugin" in message
 
 
+@pytest.mark.usefixtures("strict_plugins")
 def test_same_zoo_name_in_two_plugins_is_an_error_naming_both() -> None:
     pm = za.make_plugin_manager(
         plugin("ZooOne", zoos=(zoo("same"),)), plugin("ZooTwo", zoos=(zoo("same"),))
@@ -163,6 +165,7 @@ class RaisingMidway:
         raise KeyError("midway")
 
 
+@pytest.mark.usefixtures("strict_plugins")
 @pytest.mark.parametrize(("bad", "detail"), [(Raising, "kaput"), (RaisingMidway, "midway")])
 def test_hook_that_raises_is_a_plugin_error_naming_plugin_and_hook(bad: type, detail: str) -> None:
     pm = za.make_plugin_manager(plugin("Healthy", family("healthy")), bad)
@@ -176,6 +179,7 @@ def test_hook_that_raises_is_a_plugin_error_naming_plugin_and_hook(bad: type, de
     assert info.value.__cause__ is not None
 
 
+@pytest.mark.usefixtures("strict_plugins")
 def test_family_hook_returning_a_non_family_is_a_plugin_error() -> None:
     class ReturnsStrings:
         @staticmethod
@@ -192,6 +196,7 @@ def test_family_hook_returning_a_non_family_is_a_plugin_error() -> None:
     assert "Family" in message
 
 
+@pytest.mark.usefixtures("strict_plugins")
 def test_zoo_hook_returning_a_family_is_a_plugin_error() -> None:
     class Confused:
         @staticmethod
@@ -511,6 +516,7 @@ def test_a_family_function_that_raises_is_a_plugin_error_naming_plugin_and_field
     assert "cannot split" in message
 
 
+@pytest.mark.usefixtures("strict_plugins")
 def test_a_match_predicate_that_raises_is_a_plugin_error() -> None:
     def predicate(model: nn.Module) -> bool:
         raise AttributeError("no such thing")
@@ -569,6 +575,7 @@ def test_rename_rule_hook_may_ignore_the_family_argument() -> None:
     assert pm.rename_rules(family("y", rename_rules=(OWN,))) == [OWN, FOR_OTHER]
 
 
+@pytest.mark.usefixtures("strict_plugins")
 def test_rename_rule_hook_that_raises_or_returns_junk_is_named() -> None:
     class Junk:
         @staticmethod

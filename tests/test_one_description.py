@@ -311,6 +311,7 @@ def test_a_reset_head_that_fails_half_way_changes_nothing():
     assert isinstance(model.out, nn.Identity) and list(model.state_dict()) == keys
 
 
+@pytest.mark.usefixtures("strict_plugins")
 def test_a_failing_family_names_its_plugin():
     class Broken:
         @za.hookimpl

@@ -589,7 +589,7 @@ class HooklessPlugin:
 
 def test_plugins_whose_hooks_fail_or_are_missing() -> None:
     (found,) = plugin_problems(RaisingPlugin)
-    assert found.startswith("[plugin] zooadapt_families raised PluginError: plugin ")
+    assert found.startswith("[plugin] zooadapt_families raised PluginError: zooadapt: plugin ")
     assert "'RaisingPlugin' failed in zooadapt_families" in found
     assert "kaput" in found
     (found,) = plugin_problems(MisspelledPlugin)

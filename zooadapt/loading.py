@@ -418,10 +418,11 @@ def load_weights(
         if family is not None:
             raise
         declared, anat = None, None
+    extra = user_rules(rules)  # a bad rule fails before the file is read
     state = read_state_dict(source, key=key, trust_pickle=trust_pickle, map_location=map_location)
     pm = plugin_manager or manager_of(model)
     family_rules = pm.rename_rules(declared.item) if declared is not None else []
-    all_rules = [*GENERIC_RULES, *family_rules, *user_rules(rules)]
+    all_rules = [*GENERIC_RULES, *family_rules, *extra]
     targets = Targets.of(anat, stem_init) if anat is not None else Targets()
     label = str(getattr(source, "name", source))
     return load_state(model, state, rules=all_rules, targets=targets, strict=strict, source=label)

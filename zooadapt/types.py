@@ -37,13 +37,28 @@ class RenameRule:
     name: str = ""
 
     def __post_init__(self) -> None:
-        re.compile(self.pattern)
+        compiled = re.compile(self.pattern)
+        _check_template(self.replacement, compiled, self.pattern)
         if not self.name:
             object.__setattr__(self, "name", f"{self.pattern} -> {self.replacement}")
 
     def apply(self, key: str) -> str:
         """Return ``key`` with this rule applied."""
         return re.sub(self.pattern, self.replacement, key)
+
+
+def _check_template(replacement: str, compiled: re.Pattern[str], pattern: str) -> None:
+    """Refuse back-references the pattern has no group for, when the rule is made."""
+    parser = getattr(re, "_parser", None)
+    parse_template = getattr(parser, "parse_template", None)
+    if parse_template is None:  # another Python: the error comes at the first match
+        return
+    try:
+        parse_template(replacement, compiled)
+    except re.error as err:
+        raise re.error(
+            f"replacement {replacement!r} does not fit pattern {pattern!r}: {err}"
+        ) from err
 
 
 @dataclass(frozen=True)

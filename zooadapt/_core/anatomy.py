@@ -19,7 +19,7 @@ from torch import nn
 
 from zooadapt._core.checks import assign_groups, check_declared, find
 from zooadapt._core.distributed import unwrap
-from zooadapt._core.plugins import Declared, PluginManager, get_plugin_manager
+from zooadapt._core.plugins import Declared, PluginManager, get_plugin_manager, skip_plugin
 from zooadapt._core.surgery import head_out_features, is_replaceable_head, stem_in_chans
 from zooadapt.errors import (
     AdaptError,
@@ -104,9 +104,7 @@ def select_family(
                 return entry
         names = ", ".join(sorted(d.item.name for d in declared)) or "none"
         raise FamilyNotFoundError(f"no family named {family!r}; installed families: {names}")
-    ranked = [
-        (call_family(d, "match", lambda d=d: family_rank(d.item, model)), d) for d in declared
-    ]
+    ranked = [(_rank(d, model), d) for d in declared]
     ranked = [(rank, d) for rank, d in ranked if rank > NO_MATCH]
     if not ranked:
         raise FamilyNotFoundError(_no_family_message(model, declared))
@@ -118,6 +116,19 @@ def select_family(
             f"{claims} claim {type(model).__qualname__} equally; pass family=<name> to choose"
         )
     return winners[0]
+
+
+def _rank(declared: Declared[Family], model: nn.Module) -> int:
+    """How ``declared`` claims ``model``; a family whose ``match`` raises is skipped."""
+    try:
+        return family_rank(declared.item, model)
+    except Exception as err:  # noqa: BLE001 - one broken plugin must not break all
+        skip_plugin(
+            f"failed in family {declared.item.name!r} (match): {err!r}; the family is skipped",
+            declared.plugin,
+            err,
+        )
+        return NO_MATCH
 
 
 def _no_family_message(model: nn.Module, declared: list[Declared[Family]]) -> str:

@@ -7,10 +7,12 @@ implementation themselves so that a failure is reported with the plugin's name.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Generic, TypeVar
@@ -21,7 +23,15 @@ import zooadapt.hookspecs as hookspecs
 from zooadapt.errors import PluginError, PluginWarning
 from zooadapt.types import Family, RenameRule, Zoo
 
-__all__ = ["Declared", "FailedPlugin", "PluginManager", "get_plugin_manager", "make_plugin_manager"]
+__all__ = [
+    "Declared",
+    "FailedPlugin",
+    "PluginManager",
+    "get_plugin_manager",
+    "make_plugin_manager",
+    "skip_plugin",
+    "strict_plugins",
+]
 
 PROJECT = "zooadapt"
 T = TypeVar("T")
@@ -49,8 +59,23 @@ def _env_names(variable: str) -> set[str] | None:
     return {name.strip() for name in value.split(",") if name.strip()} if value else None
 
 
+_FORCE_STRICT: contextvars.ContextVar[bool] = contextvars.ContextVar("strict", default=False)
+
+
 def _strict() -> bool:
+    if _FORCE_STRICT.get():
+        return True
     return os.environ.get("ZOOADAPT_STRICT_PLUGINS", "") not in ("", "0", "false", "False")
+
+
+@contextlib.contextmanager
+def strict_plugins() -> Iterator[None]:
+    """Within the block, a broken plugin raises as with ``ZOOADAPT_STRICT_PLUGINS=1``."""
+    token = _FORCE_STRICT.set(True)
+    try:
+        yield
+    finally:
+        _FORCE_STRICT.reset(token)
 
 
 def _dist_label(ep: EntryPoint) -> str:
@@ -110,7 +135,7 @@ class PluginManager(pluggy.PluginManager):
         allowed = _env_names("ZOOADAPT_PLUGINS")
         blocked = _env_names("ZOOADAPT_DISABLE_PLUGINS") or set()
         seen = {failure.name for failure in self.failed}
-        for ep in sorted(entry_points(group=PROJECT), key=lambda ep: ep.name):
+        for ep in _entry_points():
             if ep.name in blocked or (allowed and ep.name not in allowed):
                 if not self.is_blocked(ep.name):
                     self.set_blocked(ep.name)  # pluggy's own block: later adds are refused
@@ -124,7 +149,7 @@ class PluginManager(pluggy.PluginManager):
         dist = _dist_label(ep)
         try:
             self.add(ep.load(), name=ep.name)
-        except Exception as err:  # noqa: BLE001 - one broken plugin must not break all
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - one broken plugin must not break all
             message = f"zooadapt: skipping plugin {ep.name!r} ({dist}): {err!r}"
             if _strict():
                 raise PluginError(message, plugin=ep.name) from err
@@ -142,19 +167,18 @@ class PluginManager(pluggy.PluginManager):
             call_kwargs = {key: kwargs[key] for key in impl.argnames}
             try:
                 items = list(impl.function(**call_kwargs) or ())
-            except Exception as err:
-                raise PluginError(
-                    f"plugin {impl.plugin_name!r} failed in {hook_name}: {err!r}",
-                    plugin=impl.plugin_name,
-                ) from err
+            except Exception as err:  # noqa: BLE001 - one broken plugin must not break all
+                skip_plugin(f"failed in {hook_name}: {err!r}", impl.plugin_name, err)
+                continue
             for item in items:
-                if not isinstance(item, kind):
-                    raise PluginError(
-                        f"plugin {impl.plugin_name!r} returned {type(item).__name__} from "
-                        f"{hook_name}; expected {kind.__name__}",
-                        plugin=impl.plugin_name,
+                if isinstance(item, kind):
+                    results.append(Declared(item, impl.plugin_name))
+                else:
+                    skip_plugin(
+                        f"returned {type(item).__name__} from {hook_name}, expected "
+                        f"{kind.__name__}; that item is skipped",
+                        impl.plugin_name,
                     )
-                results.append(Declared(item, impl.plugin_name))
         return results
 
     def families(self) -> list[Declared[Family]]:
@@ -163,17 +187,21 @@ class PluginManager(pluggy.PluginManager):
         Raises:
             PluginError: If a plugin fails, or two plugins declare the same family name.
         """
-        return _unique(self._collect("zooadapt_families", Family), "family")
+        return _unique(self._collect("zooadapt_families", Family), "family", self._builtin())
 
     def zoos(self) -> list[Declared[Zoo]]:
         """Every declared zoo with its plugin, in lookup order (``Zoo.order``, then name)."""
-        zoos = _unique(self._collect("zooadapt_zoos", Zoo), "zoo")
+        zoos = _unique(self._collect("zooadapt_zoos", Zoo), "zoo", self._builtin())
         return sorted(zoos, key=lambda d: (d.item.order, d.item.name))
 
     def rename_rules(self, family: Family) -> list[RenameRule]:
         """The family's own rename rules followed by those other plugins add for it."""
         extra = self._collect("zooadapt_rename_rules", RenameRule, family=family.name)
         return [*family.rename_rules, *(d.item for d in extra)]
+
+    def _builtin(self) -> set[str]:
+        """Names of the plugins that come with zooadapt itself."""
+        return {name for name, dist in self.distributions.items() if dist.startswith("zooadapt==")}
 
     def plugin_info(self) -> list[dict[str, Any]]:
         """Describe every registered plugin (name, distribution, hooks) for display."""
@@ -195,19 +223,57 @@ class PluginManager(pluggy.PluginManager):
         return info
 
 
-def _unique(declared: Iterable[Declared[T]], what: str) -> list[Declared[T]]:
+def skip_plugin(problem: str, plugin: str, cause: BaseException | None = None) -> None:
+    """Warn that ``plugin``'s contribution is skipped, or raise with ``ZOOADAPT_STRICT_PLUGINS``.
+
+    Raises:
+        PluginError: Naming the plugin, when ``ZOOADAPT_STRICT_PLUGINS=1``.
+    """
+    message = f"zooadapt: plugin {plugin!r} {problem}"
+    if _strict():
+        raise PluginError(message, plugin=plugin) from cause
+    warnings.warn(message, PluginWarning, stacklevel=3)
+
+
+def _unique(declared: Iterable[Declared[T]], what: str, builtin: set[str]) -> list[Declared[T]]:
+    """One entry per name: a built-in plugin's wins, else the first; the other is skipped."""
     by_name: dict[str, Declared[T]] = {}
     for entry in declared:
         name = entry.item.name  # type: ignore[attr-defined]
-        if name in by_name:
-            other = by_name[name].plugin
-            raise PluginError(
-                f"{what} {name!r} is declared by both plugin {other!r} and plugin "
-                f"{entry.plugin!r}; disable one with ZOOADAPT_DISABLE_PLUGINS",
-                plugin=entry.plugin,
-            )
-        by_name[name] = entry
+        if name not in by_name:
+            by_name[name] = entry
+            continue
+        kept, other = by_name[name], entry
+        if other.plugin in builtin and kept.plugin not in builtin:
+            kept, other = other, kept
+        by_name[name] = kept
+        skip_plugin(
+            f"declares {what} {name!r}, as plugin {kept.plugin!r} does; {kept.plugin!r}'s "
+            f"is used (disable one with ZOOADAPT_DISABLE_PLUGINS)",
+            other.plugin,
+        )
     return list(by_name.values())
+
+
+def _entry_points() -> list[EntryPoint]:
+    """The group's entry points sorted by name; of two with one name, zooadapt's own wins.
+
+    The other is skipped with a :class:`PluginWarning` naming both distributions, so a
+    third-party plugin can never silently replace a built-in one.
+    """
+    chosen: dict[str, EntryPoint] = {}
+    for ep in sorted(entry_points(group=PROJECT), key=lambda ep: (ep.name, _dist_label(ep))):
+        kept = chosen.setdefault(ep.name, ep)
+        if kept is ep:
+            continue
+        if _dist_label(ep).startswith("zooadapt=="):
+            chosen[ep.name], kept, ep = ep, ep, kept
+        skip_plugin(
+            f"from {_dist_label(ep)} has the name of the plugin from {_dist_label(kept)}, "
+            "which is loaded instead",
+            ep.name,
+        )
+    return list(chosen.values())
 
 
 def make_plugin_manager(*plugins: object, entrypoints: bool = False) -> PluginManager:

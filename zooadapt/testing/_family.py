@@ -17,7 +17,12 @@ from zooadapt._core.anatomy import select_family as _select_family
 from zooadapt._core.checks import duplicate_groups, head_problems
 from zooadapt._core.files import read_state_dict
 from zooadapt._core.meta import build_on_meta
-from zooadapt._core.plugins import PluginManager, get_plugin_manager, make_plugin_manager
+from zooadapt._core.plugins import (
+    PluginManager,
+    get_plugin_manager,
+    make_plugin_manager,
+    strict_plugins,
+)
 from zooadapt._core.surgery import check_stem, head_out_features, is_replaceable_head, stem_in_chans
 from zooadapt._core.trace import output_layer
 from zooadapt.adapt import adapt
@@ -123,6 +128,7 @@ def check_family(
     ).raise_if_failed()
 
 
+@strict_plugins()  # the kit reports a broken plugin instead of skipping it
 def family_report(
     family: str | Family,
     model: ModelSource,

@@ -10,7 +10,7 @@ from torch import nn
 
 from zooadapt._core.anatomy import select_family as _select_family
 from zooadapt._core.meta import build_on_meta
-from zooadapt._core.plugins import PluginManager, make_plugin_manager
+from zooadapt._core.plugins import PluginManager, make_plugin_manager, strict_plugins
 from zooadapt.errors import ZooAdaptError
 from zooadapt.testing._family import family_report
 from zooadapt.testing._report import (
@@ -75,6 +75,7 @@ def check_plugin(
     ).raise_if_failed()
 
 
+@strict_plugins()  # the kit reports a broken plugin instead of skipping it
 def plugin_report(
     plugin: object,
     models: Mapping[str, ModelSource | Sample | Sequence[ModelSource | Sample]] | None = None,
