@@ -8,7 +8,9 @@ that unfroze stages mid-training continues as if it had never stopped.
 from __future__ import annotations
 
 import inspect
+import io
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,12 @@ from zooadapt._core.distributed import (
     load_full_state_dict,
     unwrap,
 )
-from zooadapt._core.files import atomic_write, check_regular_file
+from zooadapt._core.files import (
+    atomic_write,
+    check_regular_file,
+    load_torch,
+    unpickling_message,
+)
 from zooadapt._core.meta import meta_copy
 from zooadapt._core.plugins import PluginManager
 from zooadapt.errors import CheckpointError, ZooAdaptError
@@ -102,6 +109,7 @@ def save_training(
     optimizer_state = _optimizer_state(root, optimizer, groups)
     if not is_writer(model):
         return Path(path)
+    _check_readable(extra, scheduler)
     payload = {
         "format": FORMAT,
         "adapted": adapted,
@@ -120,6 +128,29 @@ def save_training(
     with atomic_write(path) as temporary:
         torch.save(payload, temporary)
     return Path(path)
+
+
+def _check_readable(extra: dict[str, Any], scheduler: Any) -> None:
+    """Refuse, at save time, any value :func:`load_training` could not read back safely.
+
+    Raises:
+        CheckpointError: Naming the value and the type that would be refused.
+    """
+    values = dict(extra)
+    if scheduler is not None:
+        values["scheduler"] = scheduler.state_dict()
+    for name, value in values.items():
+        buffer = io.BytesIO()
+        try:
+            torch.save(value, buffer)
+            buffer.seek(0)
+            load_torch(buffer)
+        except Exception as err:  # noqa: BLE001 - any value that does not round-trip
+            reason = unpickling_message(f"extra value {name!r}", err)
+            raise CheckpointError(
+                f"{reason.split(', which')[0]}, which za.load_training cannot read safely; "
+                "store plain data (numbers, strings, lists, dicts, tensors)"
+            ) from err
 
 
 def _optimizer_state(
@@ -190,9 +221,12 @@ def load_training(
     """
     check_regular_file(path, "training checkpoint")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_torch(path)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(unpickling_message(str(path), err)) from err
     except Exception as err:
-        raise CheckpointError(f"cannot read training checkpoint {path}: {err}") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"cannot read training checkpoint {path}: {first}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a zooadapt training checkpoint (za.save_training)")
     if model is not None and not is_sharded(model):  # rehearse on a meta copy first

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import pickle
+import re
 import secrets
 import signal
 import stat
@@ -24,8 +26,11 @@ __all__ = [
     "Source",
     "atomic_write",
     "check_regular_file",
+    "load_torch",
     "read_state_dict",
     "remove_stale_temporaries",
+    "safe_globals",
+    "unpickling_message",
 ]
 
 #: Keys under which training checkpoints nest the model's state dict, in preference order.
@@ -76,11 +81,7 @@ def read_state_dict(
     except CheckpointError:
         raise
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{label} contains pickled Python objects (a whole model, or custom classes); "
-            "zooadapt reads only tensors by default. If you trust this file, pass "
-            f"trust_pickle=True. ({str(err).splitlines()[0]})"
-        ) from err
+        raise CheckpointError(unpickling_message(label, err)) from err
     except Exception as err:
         raise CheckpointError(
             f"cannot read checkpoint {label}: it is truncated or not a checkpoint ({err})"
@@ -152,11 +153,92 @@ def _torch_load(source: Source, trust_pickle: bool, location: Any) -> Any:
         return data.state_dict() if isinstance(data, nn.Module) else data
     if isinstance(source, (str, os.PathLike)):
         try:
-            return torch.load(source, map_location=location, weights_only=True, mmap=MMAP)
+            return load_torch(source, location, mmap=MMAP)
         except RuntimeError as err:
             if "mmap" not in str(err):
                 raise
-    return torch.load(source, map_location=location, weights_only=True)
+    return load_torch(source, location)
+
+
+def load_torch(source: Source, location: Any = "cpu", *, mmap: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True`` and the inert types of :func:`safe_globals`."""
+    with torch.serialization.safe_globals(safe_globals()):
+        return torch.load(source, map_location=location, weights_only=True, mmap=mmap or None)
+
+
+@functools.cache
+def safe_globals() -> list[Any]:
+    """Inert types real checkpoints hold, unpickled without ``trust_pickle``.
+
+    ``argparse.Namespace`` (the ``args`` of timm's ``train.py`` and many scripts), numpy
+    scalars and arrays (not of ``object`` dtype), ``pathlib`` paths, ``datetime`` values,
+    ``Counter`` and builtin types. They build data only; nothing they unpickle runs code.
+    (``defaultdict`` cannot be rebuilt by torch's restricted unpickler at all.)
+    """
+    import argparse
+    import collections
+    import datetime
+    import pathlib
+
+    allowed: list[Any] = [
+        argparse.Namespace,
+        collections.Counter,
+        datetime.datetime,
+        datetime.date,
+        datetime.time,
+        datetime.timedelta,
+        datetime.timezone,
+        pathlib.Path,
+        pathlib.PosixPath,
+        pathlib.WindowsPath,
+        pathlib.PurePath,
+        pathlib.PurePosixPath,
+        pathlib.PureWindowsPath,
+        bool,
+        int,
+        float,
+        complex,
+        str,
+        bytes,
+        list,
+        tuple,
+        dict,
+        set,
+        frozenset,
+    ]
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy comes with torch's usual installs
+        return allowed
+    core = getattr(np, "_core", None) or np.core
+    multiarray = core.multiarray
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        allowed += [(multiarray._reconstruct, f"{module}._reconstruct")]
+        allowed += [(multiarray.scalar, f"{module}.scalar")]
+    allowed += [np.ndarray, np.dtype]
+    allowed += [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGSUV"]
+    allowed += [type(np.dtype("M8[s]")), type(np.dtype("m8[s]"))]
+    return allowed
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_BLOCKED = (re.compile(r"GLOBAL ([\w.]+)"), re.compile(r"got <class '([\w.]+)'>"))
+
+
+def unpickling_message(label: str, err: BaseException) -> str:
+    """One plain message for a refused unpickle: the blocked global and how to allow it."""
+    text = _ANSI.sub("", str(err))
+    found = next((m.group(1) for regex in _BLOCKED if (m := regex.search(text))), None)
+    what = f"a pickled {found}" if found else "pickled Python objects (a whole model, say)"
+    allow = (
+        f", or allow just that type with torch.serialization.add_safe_globals([{found}])"
+        if found
+        else ""
+    )
+    return (
+        f"{label} holds {what}, which zooadapt does not unpickle by default (unpickling can "
+        f"run code). If you trust this file: trust_pickle=True (CLI: --trust-pickle){allow}"
+    )
 
 
 def _unwrap(data: Any, label: str, key: str | None) -> dict[str, torch.Tensor]:
