@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,15 @@ from zooadapt.adapt import adapt, adapted_from
 from zooadapt.errors import CheckpointError, FamilyNotFoundError
 from zooadapt.types import Family
 
-__all__ = ["describe_adapted", "load", "read_metadata", "rebuild", "save"]
+__all__ = [
+    "checksum",
+    "verify_checksums",
+    "describe_adapted",
+    "load",
+    "read_metadata",
+    "rebuild",
+    "save",
+]
 
 FORMAT = "zooadapt/1"
 
@@ -97,16 +106,52 @@ def save(
 
     info = describe_adapted(model, family=family, plugin_manager=plugin_manager)
     try:
-        metadata = {"zooadapt": json.dumps(info)}
+        json.dumps(info)
     except TypeError as err:
         raise CheckpointError(f"cannot record builder arguments of {info['model']}: {err}") from err
     state = full_state_dict(model)  # collective for a sharded model
     if not is_writer(model):
         return Path(path)
     tensors = _unique_contiguous(state)
+    info["checksums"] = {key: checksum(tensor) for key, tensor in tensors.items()}
     with atomic_write(path) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
+        save_file(tensors, str(temporary), metadata={"zooadapt": json.dumps(info)})
     return Path(path)
+
+
+def checksum(tensor: torch.Tensor) -> str:
+    """CRC-32 of a tensor's bytes, as 8 hex digits."""
+    data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return f"{zlib.crc32(memoryview(data)):08x}"
+
+
+def verify_checksums(path: str | os.PathLike[str], info: dict[str, Any]) -> None:
+    """Check every tensor of a :func:`save` file against the checksums it records.
+
+    Raises:
+        CheckpointError: Naming the first tensor whose bytes differ (a flipped bit, a
+            damaged copy), or one the file lacks.
+    """
+    from safetensors import safe_open
+
+    expected = info.get("checksums")
+    if not isinstance(expected, dict):
+        return  # written before checksums were recorded
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = set(handle.keys())
+            for key, value in expected.items():
+                if key not in keys:
+                    raise CheckpointError(f"{path} lacks tensor {key!r} that za.save wrote")
+                if checksum(handle.get_tensor(key)) != value:
+                    raise CheckpointError(
+                        f"{path}: tensor {key!r} does not match its checksum; the file is "
+                        "damaged (copy it again; za.load(path, verify=False) skips the check)"
+                    )
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - safetensors' own errors on a damaged file
+        raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
 
 
 def _unique_contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -145,22 +190,61 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path} was not written by za.save; load it with "
             "za.adapt(name, pretrained=path) or za.load_weights(model, path)"
         )
-    return json.loads(metadata["zooadapt"])
+    try:
+        info = json.loads(metadata["zooadapt"])
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: its zooadapt metadata is damaged ({err})") from err
+    return _checked_metadata(path, info)
+
+
+#: Metadata fields :func:`load` needs, and their types.
+_FIELDS = {"model": str, "model_kwargs": dict, "num_classes": (int, type(None))}
+
+
+def _checked_metadata(path: str | os.PathLike[str], info: object) -> dict[str, Any]:
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: its zooadapt metadata is not a JSON object")
+    if info.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} has zooadapt format {info.get('format')!r}; this zooadapt "
+            f"({_version()}) reads {FORMAT!r}: upgrade zooadapt to load it"
+        )
+    for name, kind in _FIELDS.items():
+        if not isinstance(info.get(name), kind):
+            raise CheckpointError(
+                f"{path}: zooadapt metadata field {name!r} is {info.get(name)!r}; the file "
+                "is damaged"
+            )
+    if not isinstance(info.get("in_chans"), (int, type(None))):
+        raise CheckpointError(f"{path}: zooadapt metadata field 'in_chans' is damaged")
+    return info
 
 
 def load(
     path: str | os.PathLike[str],
     *,
     device: str | torch.device | None = None,
+    verify: bool = True,
     plugin_manager: PluginManager | None = None,
 ) -> nn.Module:
     """Rebuild the adapted model that :func:`save` wrote, without restating anything.
 
+    Args:
+        path: A file written by :func:`save`.
+        device: Where the model lives.
+        verify: Check every tensor against the CRC-32 :func:`save` recorded (0.09 s for
+            vgg16's 512 MiB, ``benchmarks/README.md``); a flipped bit is a
+            ``CheckpointError``.
+        plugin_manager: Defaults to the shared manager with every installed plugin.
+
     Raises:
-        CheckpointError: If the file was not written by :func:`save`, or the model was an
-            instance rather than a registry name (then use ``za.load_weights``).
+        CheckpointError: If the file was not written by :func:`save`, is damaged, or the
+            model was an instance rather than a registry name (then use
+            ``za.load_weights``).
     """
     info = read_metadata(path)
+    if verify:
+        verify_checksums(path, info)
     if not info.get("model"):
         raise CheckpointError(
             f"{path} holds a {info.get('family')} model that was not built from a registry "

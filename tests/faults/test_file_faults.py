@@ -1,0 +1,97 @@
+"""Damaged files: truncated at many offsets, a flipped bit, crafted headers and metadata.
+Each is a ``CheckpointError`` naming the file, never silently different weights."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+
+import zooadapt as za
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    torch.manual_seed(0)
+    model = za.adapt("resnet18", num_classes=3, pretrained=False)
+    path = za.save(model, tmp_path_factory.mktemp("saved") / "model.safetensors")
+    return model, path, path.read_bytes()
+
+
+def _header_length(data: bytes) -> int:
+    return 8 + struct.unpack("<Q", data[:8])[0]
+
+
+def test_a_flipped_bit_is_caught(saved, tmp_path):
+    model, _, data = saved
+    damaged = bytearray(data)
+    position = _header_length(data) + len(data[_header_length(data) :]) // 2
+    damaged[position] ^= 0x10
+    path = tmp_path / "flipped.safetensors"
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(za.CheckpointError, match="does not match its checksum"):
+        za.load(path)
+    unchecked = za.load(path, verify=False)  # the opt-out loads the damaged weights
+    differs = [
+        k for k, v in unchecked.state_dict().items() if not torch.equal(v, model.state_dict()[k])
+    ]
+    assert len(differs) == 1
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.001, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.999])
+def test_a_truncated_file_is_refused(saved, tmp_path, fraction):
+    _, _, data = saved
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(za.CheckpointError, match=str(path)):
+        za.load(path)
+    with pytest.raises(za.CheckpointError):
+        za.read_state_dict(path)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"{not json",
+        json.dumps({"w": {"dtype": "F32", "shape": [10**12], "data_offsets": [0, 4]}}).encode(),
+        json.dumps({"w": {"dtype": "NOPE", "shape": [1], "data_offsets": [0, 4]}}).encode(),
+        json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 10**9]}}).encode(),
+    ],
+    ids=["json", "huge-shape", "dtype", "offsets"],
+)
+def test_a_crafted_safetensors_header_is_refused(header, tmp_path):
+    path = tmp_path / "crafted.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    with pytest.raises(za.CheckpointError, match=str(path)):
+        za.read_state_dict(path)
+
+
+def test_a_huge_header_length_is_refused(tmp_path):
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes(struct.pack("<Q", 2**62) + b"{}")
+    with pytest.raises(za.CheckpointError):
+        za.load(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda info: "{broken", "metadata is damaged"),
+        (lambda info: json.dumps({**info, "format": "zooadapt/99"}), "upgrade zooadapt"),
+        (lambda info: json.dumps({k: v for k, v in info.items() if k != "model"}), "'model'"),
+        (lambda info: json.dumps({**info, "num_classes": "ten"}), "'num_classes'"),
+        (lambda info: json.dumps([1, 2]), "not a JSON object"),
+    ],
+    ids=["json", "format", "missing", "type", "list"],
+)
+def test_bad_za_save_metadata_is_refused(saved, tmp_path, change, message):
+    from safetensors.torch import load_file, save_file
+
+    _, path, _ = saved
+    info = za.saving.read_metadata(path)
+    target = tmp_path / "meta.safetensors"
+    save_file(load_file(str(path)), str(target), metadata={"zooadapt": change(info)})
+    with pytest.raises(za.CheckpointError, match=message):
+        za.load(target)
