@@ -67,6 +67,7 @@ def adapt(
     dtype: torch.dtype | None = None,
     family: str | Family | None = None,
     plugin_manager: PluginManager | None = None,
+    trust_pickle: bool = False,
     **model_kwargs: Any,
 ) -> nn.Module:
     """Return ``model`` ready to fine-tune: weights loaded, head and stem adapted.
@@ -90,6 +91,8 @@ def adapt(
         dtype: Floating-point dtype of the result.
         family: Force the family by name, or pass a :class:`Family` for an unknown model.
         plugin_manager: Defaults to the shared manager with every installed plugin.
+        trust_pickle: Unpickle any object in a ``pretrained`` file (only for files you
+            trust: unpickling can run code); inert types need no trust.
         **model_kwargs: Passed to the zoo's builder.
 
     Returns:
@@ -104,7 +107,11 @@ def adapt(
     request = _Request(num_classes, in_chans, stem_init, freeze, family, plugin_manager)
     on_meta = device is not None and torch.device(device).type == "meta"
     path = pretrained if _is_path(pretrained) and not on_meta else None
-    checkpoint = read_state_dict(path) if path is not None else None  # type: ignore[arg-type]
+    checkpoint = (
+        read_state_dict(path, trust_pickle=trust_pickle)  # type: ignore[arg-type]
+        if path is not None
+        else None
+    )
     if isinstance(model, nn.Module):
         _check_module_arguments(pretrained, model_kwargs)
         _adapt_in_place(unwrap(model), request, checkpoint, str(path), assign=False)

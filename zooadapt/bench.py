@@ -99,11 +99,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` is CUDA when available, else the CPU.
 
     Raises:
-        AdaptError: If CUDA is asked for and not available.
+        AdaptError: If ``device`` is no device, or CUDA is asked for and not available.
     """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise AdaptError(f"--device {device}: not a device; use cpu, cuda, cuda:N or auto") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise AdaptError(
             f"--device {device}: CUDA is not available on this machine "

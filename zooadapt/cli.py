@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -251,6 +250,7 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
         stem_init=args.stem_init,
         pretrained=_pretrained(args.pretrained),
         freeze=args.freeze,
+        trust_pickle=args.trust_pickle,
     )
     print(summary(model))
     if out is not None:
@@ -259,15 +259,15 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
 
 def _check_out(out: str) -> Path:
     """Fail before building the model if ``--out`` cannot be written."""
+    from zooadapt._core.files import check_writable
+
     path = Path(out)
     if path.suffix != SUFFIX:
         raise AdaptError(f"--out {out}: the file name must end in {SUFFIX}")
-    if path.is_dir():
-        raise CheckpointError(f"--out {out} is a directory")
-    existing = next(parent for parent in path.absolute().parents if parent.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise CheckpointError(f"--out {out}: cannot write in {existing}")
-    return path
+    try:
+        return check_writable(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"--out {out}: {err}") from None
 
 
 def _save(model: nn.Module, path: Path) -> Path:
@@ -328,9 +328,17 @@ def _settings(value: str) -> list[str]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from zooadapt.bench import bench
+    from zooadapt._core.files import check_writable
+    from zooadapt.bench import bench, resolve_device
     from zooadapt.report import print_table, save_json, save_plot
 
+    resolve_device(args.device)  # every argument and output path before any work
+    for option, value in (("--json", args.json), ("--plot", args.plot)):
+        if value is not None:
+            try:
+                check_writable(value)
+            except CheckpointError as err:
+                raise CheckpointError(f"{option} {value}: {err}") from None
     results = bench(
         args.models,
         settings=args.settings,
@@ -444,6 +452,11 @@ def _add_adapt(commands: Any) -> None:
     adapting.add_argument(
         "--pretrained", default="default", help="default, none, a weights tag, or a file"
     )
+    adapting.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="unpickle any object in a --pretrained file (only for files you trust)",
+    )
     _add_freeze(adapting)
     adapting.add_argument(
         "--out", metavar=f"FILE{SUFFIX}", help="write a checkpoint that za.load rebuilds"
@@ -496,6 +509,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"zooadapt {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (
         _add_list,
@@ -510,6 +524,41 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("zooadapt")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "unknown"
+
+
+#: Python-syntax advice in library messages, as the command line spells it.
+CLI_SYNTAX = (
+    ("trust_pickle=True (CLI: --trust-pickle)", "--trust-pickle"),
+    ("pretrained=False", "--pretrained none"),
+)
+
+
+def _one_line(err: BaseException) -> str:
+    """The error as one line in CLI syntax; a longer report goes to a file it names."""
+    text = str(err).strip() or type(err).__name__
+    if not isinstance(err, ZooAdaptError):
+        text = f"{type(err).__name__}: {text}"
+    for python, cli in CLI_SYNTAX:
+        text = text.replace(python, cli)
+    first, _, rest = text.partition("\n")
+    if not rest.strip():
+        return first
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="zooadapt-error-", suffix=".txt", delete=False, encoding="utf-8"
+    ) as report:
+        report.write(text + "\n")
+    return f"{first.rstrip(':')} (full report: {report.name}; --debug shows the traceback)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line.
 
@@ -517,15 +566,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name; defaults to ``sys.argv[1:]``.
 
     Returns:
-        The exit status: 0 on success, 1 for a zooadapt error (printed as one line).
+        The exit status: 0 on success, 1 for any error (printed as one line, with the
+        full report in a file it names when there is more to say), 130 on Ctrl-C.
     """
     args = _parser().parse_args(argv)
     try:
         args.run(args)
-    except ZooAdaptError as err:
+    except KeyboardInterrupt:
+        print("zooadapt: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every error is one line; --debug re-raises
         if args.debug:
             raise
-        print(f"zooadapt: error: {err}", file=sys.stderr)
+        print(f"zooadapt: error: {_one_line(err)}", file=sys.stderr)
         return 1
     return 0
 

@@ -26,6 +26,7 @@ __all__ = [
     "Source",
     "atomic_write",
     "check_regular_file",
+    "check_writable",
     "load_torch",
     "read_state_dict",
     "remove_stale_temporaries",
@@ -339,6 +340,19 @@ def _untrack(temporary: Path) -> None:
     if last and main and signal.getsignal(signal.SIGTERM) is _on_sigterm:
         signal.signal(signal.SIGTERM, _previous_sigterm or signal.SIG_DFL)
         _previous_sigterm = None
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a :class:`Path`, if a file can be written there (checked before work).
+
+    Raises:
+        CheckpointError: Naming the path: a directory, a missing or unwritable folder.
+    """
+    target = Path(path)
+    _check_target(target)
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot write {target}: no permission to write in {target.parent}")
+    return target
 
 
 def _check_target(target: Path) -> None:
