@@ -250,6 +250,8 @@ def _adapt_in_place(
         renamed, _ = rename_keys(checkpoint, rules, model.state_dict())
         num_classes = num_classes or head_rows(renamed, anat.head)
         in_chans = in_chans or stem_channels(renamed, anat)
+        _check_count(f"the class count of {source}'s head", num_classes)
+        _check_count(f"the input channels of {source}'s stem", in_chans)
     plan = plan_surgery(model, declared.item, anat, num_classes, in_chans, request.stem_init)
     if request.freeze is not None:  # validate the spec before anything changes
         select_frozen(anat.groups, request.freeze, [n for n, _ in model.named_parameters()])

@@ -241,3 +241,17 @@ def test_a_damaged_training_checkpoint_leaves_the_model_unchanged(part, tmp_path
         za.load_training(path, model=model, scheduler=scheduler)
     assert_unchanged(model, before)
     assert za.freeze_state(model) == freeze_before
+
+
+@pytest.mark.parametrize(
+    ("key", "shape", "message"),
+    [("fc.weight", (0, 512), "class count"), ("conv1.weight", (64, 0, 7, 7), "input channels")],
+)
+def test_a_checkpoint_with_an_empty_head_or_stem_is_refused(key, shape, message, tmp_path):
+    state = small().state_dict()
+    state[key] = torch.zeros(shape)
+    if key == "fc.weight":
+        state["fc.bias"] = torch.zeros(0)
+    torch.save(state, tmp_path / "empty.pth")
+    with pytest.raises(za.AdaptError, match=f"{message} of .*must be a positive int, got 0"):
+        za.adapt("resnet18", pretrained=tmp_path / "empty.pth")
