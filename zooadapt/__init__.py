@@ -3,17 +3,19 @@
 Example:
     >>> import zooadapt as za
     >>> model = za.adapt("resnet18", num_classes=10, in_chans=1, pretrained=False)
+
+``import zooadapt`` is cheap: the vocabulary (errors, dataclasses, ``hookimpl``) is
+imported at once, everything that needs torch on first use, so that the command line
+answers ``--help`` and ``--version`` without importing torch.
 """
 
-from zooadapt._core.anatomy import anatomy
-from zooadapt._core.distributed import rewrap, unwrap
-from zooadapt._core.files import read_state_dict
-from zooadapt._core.meta import build_on_meta, meta_copy
-from zooadapt._core.names import list_models
-from zooadapt._core.plugins import PluginManager, get_plugin_manager, make_plugin_manager
-from zooadapt._core.trace import first_conv, output_layer
-from zooadapt.adapt import adapt
-from zooadapt.bench import BenchResult, bench
+from __future__ import annotations
+
+import importlib
+import sys
+from types import ModuleType
+from typing import Any
+
 from zooadapt.errors import (
     AdaptError,
     AmbiguousFamilyError,
@@ -27,19 +29,83 @@ from zooadapt.errors import (
     WeightsNotAvailableError,
     ZooAdaptError,
 )
-from zooadapt.features import FeatureCache, extract_features
-from zooadapt.freeze import freeze, freeze_state, load_freeze_state, unfreeze
 from zooadapt.hookspecs import hookimpl
-from zooadapt.loading import LoadReport, load_weights
-from zooadapt.memory import MemoryEstimate, estimate_memory, max_batch_size, parse_bytes
-from zooadapt.optim import optimizer, param_groups
-from zooadapt.saving import load, save
-from zooadapt.schedule import FineTuneSchedule
-from zooadapt.summary import summary
-from zooadapt.training import Training, load_training, save_training
 from zooadapt.types import Anatomy, Family, RenameRule, StemLayout, Weights, Zoo
 
 __version__ = "0.1.0"
+
+#: Public name -> the module that defines it, imported on first use.
+_LAZY = {
+    "BenchResult": "zooadapt.bench",
+    "FeatureCache": "zooadapt.features",
+    "FineTuneSchedule": "zooadapt.schedule",
+    "LoadReport": "zooadapt.loading",
+    "MemoryEstimate": "zooadapt.memory",
+    "PluginManager": "zooadapt._core.plugins",
+    "Training": "zooadapt.training",
+    "adapt": "zooadapt.adapt",
+    "anatomy": "zooadapt._core.anatomy",
+    "bench": "zooadapt.bench",
+    "build_on_meta": "zooadapt._core.meta",
+    "estimate_memory": "zooadapt.memory",
+    "extract_features": "zooadapt.features",
+    "first_conv": "zooadapt._core.trace",
+    "freeze": "zooadapt.freeze",
+    "freeze_state": "zooadapt.freeze",
+    "get_plugin_manager": "zooadapt._core.plugins",
+    "list_models": "zooadapt._core.names",
+    "load": "zooadapt.saving",
+    "load_freeze_state": "zooadapt.freeze",
+    "load_training": "zooadapt.training",
+    "load_weights": "zooadapt.loading",
+    "make_plugin_manager": "zooadapt._core.plugins",
+    "max_batch_size": "zooadapt.memory",
+    "meta_copy": "zooadapt._core.meta",
+    "optimizer": "zooadapt.optim",
+    "output_layer": "zooadapt._core.trace",
+    "param_groups": "zooadapt.optim",
+    "parse_bytes": "zooadapt.memory",
+    "read_state_dict": "zooadapt._core.files",
+    "rewrap": "zooadapt._core.distributed",
+    "save": "zooadapt.saving",
+    "save_training": "zooadapt.training",
+    "summary": "zooadapt.summary",
+    "unfreeze": "zooadapt.freeze",
+    "unwrap": "zooadapt._core.distributed",
+}
+
+
+def _public(name: str) -> Any:
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return _public(name)
+    raise AttributeError(f"module 'zooadapt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(ModuleType):
+    """The package module, whose public functions win over submodules of the same name.
+
+    ``adapt``, ``bench``, ``freeze`` and ``summary`` stay the functions after their
+    submodules are imported (the import system sets the submodule as an attribute).
+    """
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if isinstance(value, ModuleType) and name in _LAZY:
+            return _public(name)
+        return value
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "AdaptError",

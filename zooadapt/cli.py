@@ -7,19 +7,16 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from zooadapt._core.anatomy import anatomy
-from zooadapt._core.names import list_models, resolve_name
-from zooadapt._core.plugins import PluginManager, get_plugin_manager
-from zooadapt._core.pretrained import available_weights
-from zooadapt.adapt import adapt
 from zooadapt.errors import AdaptError, CheckpointError, ModelNotFoundError, ZooAdaptError
-from zooadapt.freeze import FreezeSpec
-from zooadapt.summary import summary
-from zooadapt.types import Weights
+
+if TYPE_CHECKING:  # torch and the library are imported once a command runs
+    from torch import nn
+
+    from zooadapt._core.plugins import PluginManager
+    from zooadapt.freeze import FreezeSpec
+    from zooadapt.types import Weights
 
 __all__ = ["main"]
 
@@ -76,6 +73,9 @@ def _print_json(data: object) -> None:
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
+    from zooadapt._core.names import list_models
+    from zooadapt._core.plugins import get_plugin_manager
+
     if args.zoo is not None:
         _check_zoo(args.zoo, get_plugin_manager())
     names = list_models(args.pattern)
@@ -99,6 +99,11 @@ def _check_zoo(zoo: str, pm: PluginManager) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
+    from zooadapt._core.names import resolve_name
+    from zooadapt._core.plugins import get_plugin_manager
+    from zooadapt._core.pretrained import available_weights
+    from zooadapt.adapt import adapt
+
     ref = resolve_name(args.model, get_plugin_manager())
     model = adapt(
         args.model,
@@ -123,6 +128,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 def _describe(model: nn.Module) -> dict[str, Any]:
     """Family, plugin, head, stems and per-group parameter counts of ``model``."""
+    from zooadapt._core.anatomy import anatomy
+
     anat = anatomy(model)
     params = dict(model.named_parameters())
     groups = []
@@ -228,6 +235,10 @@ def _hub_folder(file: Path) -> Path:
 
 
 def _cmd_weights(args: argparse.Namespace) -> None:
+    from zooadapt._core.names import resolve_name
+    from zooadapt._core.plugins import get_plugin_manager
+    from zooadapt._core.pretrained import available_weights
+
     ref = resolve_name(args.model, get_plugin_manager())
     weights = _weights_dicts(available_weights(ref))
     if args.json:
@@ -242,6 +253,9 @@ def _cmd_weights(args: argparse.Namespace) -> None:
 
 
 def _cmd_adapt(args: argparse.Namespace) -> None:
+    from zooadapt.adapt import adapt
+    from zooadapt.summary import summary
+
     out = _check_out(args.out) if args.out is not None else None
     model = adapt(
         args.model,
@@ -285,6 +299,8 @@ def _save(model: nn.Module, path: Path) -> Path:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> None:
+    from zooadapt._core.plugins import get_plugin_manager
+
     pm = get_plugin_manager()
     info = pm.plugin_info()
     failed = [vars(f) for f in pm.failed]
@@ -501,8 +517,16 @@ def _add_memory(commands: Any) -> None:
     memory.set_defaults(run=_cmd_memory)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with an argument error as one line and exit status 1 like every error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Print ``prog: error: message`` and where to read the usage, then exit 1."""
+        self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="zooadapt",
         description="Make pretrained vision models fine-tune-ready.",
         epilog=EPILOG,

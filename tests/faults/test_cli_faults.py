@@ -6,6 +6,7 @@ from __future__ import annotations
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -30,6 +31,31 @@ def one_line(result: subprocess.CompletedProcess[str], message: str) -> str:
 def test_version():
     result = run("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"zooadapt {za.__version__}"
+
+
+def test_help_version_and_argument_errors_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from zooadapt.cli import main\n"
+        "calls = (['--help'], ['--version'], ['bench'], ['info', 'x', '--num-classes', 'ten'])\n"
+        "for argv in calls:\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as stop:\n"
+        "        print(argv[0], stop.code)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.splitlines()[-1] == "False", result.stdout
+    codes = [line for line in result.stdout.splitlines() if line.endswith((" 0", " 1"))]
+    assert codes == ["--help 0", "--version 0", "bench 1", "info 1"]
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == [
+        "zooadapt bench: error: the following arguments are required: MODEL "
+        "(see zooadapt bench --help)",
+        "zooadapt info: error: argument --num-classes: invalid int value: 'ten' "
+        "(see zooadapt info --help)",
+    ]
 
 
 @pytest.mark.parametrize(
