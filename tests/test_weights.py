@@ -94,3 +94,41 @@ def test_builder_settings_for_pretrained_weights_apply(hub_dir, offline, monkeyp
     )
     gray = za.adapt("googlenet", pretrained="IMAGENET1K_V1", in_chans=1)
     assert gray.transform_input is False
+
+
+def test_unreachable_weights_fail_at_once_without_trying_to_download(tmp_path, monkeypatch):
+    """No network: one connection attempt (here to a closed loopback port), no retries."""
+    import time
+
+    from torch import nn
+
+    monkeypatch.delenv("ZOOADAPT_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def download():
+        raise AssertionError("no download may be attempted")
+
+    weights = za.Weights(
+        model="localzoo/net",
+        tag="w",
+        url="http://127.0.0.1:9/net-w.pth",
+        file=tmp_path / "net-w.pth",
+        default=True,
+        download=download,
+    )
+
+    class LocalZoo:
+        @za.hookimpl
+        def zooadapt_zoos(self):
+            yield za.Zoo(
+                name="localzoo",
+                models=lambda: ["net"],
+                build=lambda arch, weights: nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten()),
+                weights=lambda arch: [weights],
+            )
+
+    pm = za.make_plugin_manager(LocalZoo())
+    start = time.monotonic()
+    with pytest.raises(za.WeightsNotAvailableError, match="no network: cannot reach 127.0.0.1:9"):
+        za.adapt("localzoo/net", plugin_manager=pm)
+    assert time.monotonic() - start < 5

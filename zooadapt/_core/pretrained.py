@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import urllib.parse
 from pathlib import Path
 
 from zooadapt._core.names import ModelRef
@@ -73,11 +75,39 @@ def ensure_local(weights: Weights, ref: ModelRef) -> Path:
     """
     path: Path | None = weights.file
     if not weights.cached:
-        reason, path = _download(weights) if not _offline() else (OFFLINE, None)
+        reason = OFFLINE if _offline() else unreachable(weights.url)
+        path = None
+        if not reason:
+            reason, path = _download(weights)
         if path is None or not path.is_file():
             raise WeightsNotAvailableError(_missing_message(weights, ref, reason))
     verify_sha256(path, weights.sha256)
     return path
+
+
+#: Hosts found unreachable in this process: asked once, then answered at once.
+_unreachable: dict[tuple[str, int], str] = {}
+
+
+def unreachable(url: str, timeout: float = 3.0) -> str:
+    """Why ``url``'s host cannot be reached (``""`` if it answers): one connection attempt.
+
+    Without a network a download library retries for a minute; this answers within
+    ``timeout`` seconds, so that missing weights fail at once with the offline message.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        return ""  # not a URL the probe understands: the download says what is wrong
+    address = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    if address not in _unreachable:
+        try:
+            with socket.create_connection(address, timeout=timeout):
+                return ""
+        except OSError as err:
+            _unreachable[address] = (
+                f"no network: cannot reach {address[0]}:{address[1]} ({err.strerror or err})"
+            )
+    return _unreachable[address]
 
 
 def _download(weights: Weights) -> tuple[str, Path | None]:
