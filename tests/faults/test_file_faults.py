@@ -95,3 +95,25 @@ def test_bad_za_save_metadata_is_refused(saved, tmp_path, change, message):
     save_file(load_file(str(path)), str(target), metadata={"zooadapt": change(info)})
     with pytest.raises(za.CheckpointError, match=message):
         za.load(target)
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.5, 0.95])
+def test_a_truncated_torch_zip_is_refused(tmp_path, fraction):
+    model = za.adapt("resnet18", num_classes=3, pretrained=False)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    path = tmp_path / "cut.pth"
+    path.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(za.CheckpointError, match="truncated or not a checkpoint"):
+        za.read_state_dict(path)
+
+
+def test_a_torch_zip_with_a_garbage_pickle_is_refused(tmp_path):
+    import zipfile
+
+    path = tmp_path / "crafted.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("crafted/data.pkl", b"\x80\x02garbage that is no pickle")
+        archive.writestr("crafted/version", "3\n")
+    with pytest.raises(za.CheckpointError, match=str(path)):
+        za.read_state_dict(path)
