@@ -26,12 +26,12 @@ from zooadapt.types import Family
 
 __all__ = [
     "checksum",
-    "verify_checksums",
     "describe_adapted",
     "load",
     "read_metadata",
     "rebuild",
     "save",
+    "verify_checksums",
 ]
 
 FORMAT = "zooadapt/1"
@@ -159,14 +159,14 @@ def _unique_contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     meta = [k for k, v in state.items() if v.is_meta]
     if meta:
         raise CheckpointError(f"cannot save meta tensors (no data): {meta[:5]}")
-    seen: set[tuple[int, int]] = set()
+    seen: set[int] = set()  # data pointers of the storages written so far
     out = {}
     for key, value in state.items():
         tensor = value.detach().cpu().contiguous()
-        storage = (tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
-        if storage in seen or tensor.untyped_storage().nbytes() != tensor.nbytes:
-            tensor = tensor.clone()
-        seen.add((tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes()))
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() in seen or storage.nbytes() != tensor.nbytes:
+            tensor = tensor.clone()  # tied, or a view into a larger storage
+        seen.add(tensor.untyped_storage().data_ptr())
         out[key] = tensor
     return out
 
@@ -198,7 +198,12 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 #: Metadata fields :func:`load` needs, and their types.
-_FIELDS = {"model": str, "model_kwargs": dict, "num_classes": (int, type(None))}
+_FIELDS = {
+    "model": str,
+    "model_kwargs": dict,
+    "num_classes": (int, type(None)),
+    "in_chans": (int, type(None)),
+}
 
 
 def _checked_metadata(path: str | os.PathLike[str], info: object) -> dict[str, Any]:
@@ -215,8 +220,6 @@ def _checked_metadata(path: str | os.PathLike[str], info: object) -> dict[str, A
                 f"{path}: zooadapt metadata field {name!r} is {info.get(name)!r}; the file "
                 "is damaged"
             )
-    if not isinstance(info.get("in_chans"), (int, type(None))):
-        raise CheckpointError(f"{path}: zooadapt metadata field 'in_chans' is damaged")
     return info
 
 

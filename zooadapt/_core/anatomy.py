@@ -10,7 +10,6 @@ recompute the description with the same family when they change (``adapt`` does 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from torch import nn
 
 from zooadapt._core.checks import assign_groups, check_declared, find
 from zooadapt._core.distributed import unwrap
+from zooadapt._core.meta import shape_key
 from zooadapt._core.plugins import Declared, PluginManager, get_plugin_manager, skip_plugin
 from zooadapt._core.surgery import head_out_features, is_replaceable_head, stem_in_chans
 from zooadapt.errors import (
@@ -36,7 +36,6 @@ __all__ = [
     "class_name",
     "describe",
     "family_rank",
-    "forget",
     "manager_of",
     "present_heads",
     "select_family",
@@ -48,7 +47,6 @@ T = TypeVar("T")
 EXACT_CLASS, SUBCLASS, PREDICATE, FALLBACK, NO_MATCH = 3, 2, 1, 0, -1
 DEFAULT_SIDE = {1: 1024, 2: 224, 3: 96}
 _RECORD = "_zooadapt_resolved"
-_LOCK = threading.Lock()
 
 
 def class_name(cls: type) -> str:
@@ -169,21 +167,11 @@ def _forgotten() -> None:
     return None
 
 
-def _shape_key(model: nn.Module) -> tuple[Any, ...]:
-    """Parameter names and shapes: the description holds while these do."""
-    return tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
-
-
 def manager_of(model: nn.Module) -> PluginManager:
     """The plugin manager ``model``'s family was resolved with, else the shared one."""
     record: Resolved | None = unwrap(model).__dict__.get(_RECORD)
     pm = record.pm if record is not None else None
     return pm if pm is not None else get_plugin_manager()
-
-
-def forget(model: nn.Module) -> None:
-    """Drop the family and description recorded on ``model``."""
-    unwrap(model).__dict__.pop(_RECORD, None)
 
 
 def describe(
@@ -198,21 +186,18 @@ def describe(
     """
     model = unwrap(model)
     record: Resolved | None = model.__dict__.get(_RECORD)
-    key = _shape_key(model)
+    key = shape_key(model)  # the description holds while names and shapes do
     reuse = record is not None and family is None and (pm is None or pm is record.pm)
     if reuse and record.key == key:  # type: ignore[union-attr]
         return record.declared, record.anatomy  # type: ignore[union-attr]
     if reuse:
         declared, pm = record.declared, record.pm  # type: ignore[union-attr]
-    elif isinstance(family, Family):
-        declared = select_family(model, pm or get_plugin_manager(), family)
     else:
-        if pm is None and family is not None and record is not None:
+        if pm is None and record is not None:  # a family named anew: the model's manager
             pm = record.pm
         declared = select_family(model, pm or get_plugin_manager(), family)
     anat = _anatomy_of(model, declared)
-    with _LOCK:
-        model.__dict__[_RECORD] = Resolved(declared, pm, anat, key)
+    model.__dict__[_RECORD] = Resolved(declared, pm, anat, key)  # one atomic store
     return declared, anat
 
 

@@ -13,7 +13,7 @@ from torch.overrides import TorchFunctionMode
 
 from zooadapt._core.patches import ScopedPatch, gc_paused
 
-__all__ = ["SkipMetaInit", "build_on_meta", "empty_init", "gc_paused", "meta_copy"]
+__all__ = ["SkipMetaInit", "build_on_meta", "empty_init", "gc_paused", "meta_copy", "shape_key"]
 
 
 def _meta_parameter(
@@ -105,6 +105,11 @@ def build_on_meta(builder: Callable[[], nn.Module]) -> nn.Module:
     except Exception:  # noqa: BLE001 - any failure: retry the tolerant way
         with empty_init(), SkipMetaInit():
             return builder()
+
+
+def shape_key(module: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Parameter names and shapes: what facts derived from a module's layout depend on."""
+    return tuple((name, tuple(p.shape)) for name, p in module.named_parameters())
 
 
 def meta_copy(module: nn.Module) -> nn.Module:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zooadapt._core.meta import meta_copy
+from zooadapt._core.meta import meta_copy, shape_key
 
 __all__ = ["first_conv", "is_classifier", "output_layer"]
 
@@ -111,7 +111,7 @@ def output_layer(model: nn.Module) -> tuple[str, tuple[int, ...]] | None:
         ``(module path, spatial input size it ran at)``, or ``None`` when no such layer
         exists or the model runs on none of the inputs tried.
     """
-    key = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+    key = shape_key(model)
     cached = _traced.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]

@@ -14,7 +14,7 @@ from torch import nn
 
 from zooadapt._core.anatomy import NO_MATCH, anatomy, class_name, family_rank, present_heads
 from zooadapt._core.anatomy import select_family as _select_family
-from zooadapt._core.checks import duplicate_groups, head_problems
+from zooadapt._core.checks import duplicate_groups, find, head_problems
 from zooadapt._core.files import read_state_dict
 from zooadapt._core.meta import build_on_meta
 from zooadapt._core.plugins import (
@@ -39,7 +39,6 @@ from zooadapt.testing._report import (
     _attempt,
     _describe,
     _did_you_mean,
-    _find,
     _names,
 )
 from zooadapt.types import Family, RenameRule, StemLayout
@@ -250,7 +249,7 @@ def _check_heads(ctx: _Context) -> tuple[str, ...] | None:
         return None
     ok = True
     for path in heads:
-        module = _find(model, path)
+        module = find(model, path)
         if module is None:
             ctx.report.add(
                 "head",
@@ -294,7 +293,7 @@ def _check_stems(ctx: _Context, input_shape: Sequence[int]) -> tuple[str, ...] |
 
 def _check_stem(ctx: _Context, path: str, layout: StemLayout, channels: int | None) -> bool:
     model = ctx.model
-    layer = _find(model, path)
+    layer = find(model, path)
     if layer is None:
         ctx.report.add(
             "stem",

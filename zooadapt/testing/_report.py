@@ -142,10 +142,3 @@ def _did_you_mean(path: str, model: nn.Module) -> str:
     names = [name for name, _ in model.named_modules() if name]
     close = difflib.get_close_matches(path, names, n=3)
     return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-
-
-def _find(model: nn.Module, path: str) -> nn.Module | None:
-    try:
-        return model.get_submodule(path)
-    except AttributeError:
-        return None
