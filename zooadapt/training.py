@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import io
 import os
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from zooadapt._core.files import (
     atomic_write,
     check_regular_file,
     load_torch,
+    reading,
     unpickling_message,
 )
 from zooadapt._core.meta import meta_copy
@@ -220,13 +220,8 @@ def load_training(
             model cannot be rebuilt.
     """
     check_regular_file(path, "training checkpoint")
-    try:
+    with reading(f"training checkpoint {path}", str(path)):
         payload = load_torch(path)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(unpickling_message(str(path), err)) from err
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read training checkpoint {path}: {first}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a zooadapt training checkpoint (za.save_training)")
     if model is not None and not is_sharded(model):  # rehearse on a meta copy first

@@ -28,6 +28,7 @@ __all__ = [
     "check_regular_file",
     "check_writable",
     "load_torch",
+    "reading",
     "read_state_dict",
     "remove_stale_temporaries",
     "safe_globals",
@@ -74,20 +75,32 @@ def read_state_dict(
     label = _label(source)
     if isinstance(source, (str, os.PathLike)):
         check_regular_file(source, "checkpoint")
-    try:
+    with reading(f"checkpoint {label}", label):
         if _is_safetensors(source):
             data: Any = _read_safetensors(source, str(map_location or "cpu"))
         else:
             data = _torch_load(source, trust_pickle, map_location or "cpu")
+    return _unwrap(data, label, key)
+
+
+@contextlib.contextmanager
+def reading(what: str, label: str) -> Iterator[None]:
+    """Any error while reading ``what`` becomes one :class:`CheckpointError` naming it.
+
+    A refused unpickle names the blocked global and how to allow it
+    (:func:`unpickling_message`); anything else says the file is damaged.
+    """
+    try:
+        yield
     except CheckpointError:
         raise
     except pickle.UnpicklingError as err:
         raise CheckpointError(unpickling_message(label, err)) from err
     except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"cannot read checkpoint {label}: it is truncated or not a checkpoint ({err})"
+            f"cannot read {what}: it is truncated or not a checkpoint ({first})"
         ) from err
-    return _unwrap(data, label, key)
 
 
 #: How deep nested checkpoint dicts are unwrapped before giving up (a cycle is caught
