@@ -10,17 +10,27 @@ architectures where that data is missing or wrong.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 from zooadapt_plugins._layout import exact
 
-from zooadapt import Family, RenameRule, StemLayout, Weights, Zoo, hookimpl, read_state_dict
+from zooadapt import (
+    DataConfig,
+    Family,
+    RenameRule,
+    StemLayout,
+    Weights,
+    Zoo,
+    hookimpl,
+    read_state_dict,
+)
 
 ZOO = "timm"
 #: timm's default checkpoint file on the Hugging Face Hub, and its safetensors twin.
@@ -48,6 +58,8 @@ def _weights(arch: str) -> list[Weights]:
             "tag": tag,
             "default": default is not None and tag == default.tag,
             "num_classes": cfg.num_classes or None,
+            "data_config": _data_config(cfg.to_dict(), f"timm {name} pretrained_cfg"),
+            "labels": _class_names(cfg.to_dict()),
         }
         if cfg.hf_hub_id:
             found.append(_hub_weights(cfg.hf_hub_id, cfg.hf_hub_filename, common))
@@ -122,6 +134,57 @@ def _build(arch: str, weights: Weights | None = None, **kwargs: Any) -> nn.Modul
     )
     model.pretrained_cfg.pop("state_dict", None)  # do not keep the checkpoint alive
     return model
+
+
+def _data_config(cfg: Mapping[str, Any] | None, source: str) -> DataConfig | None:
+    """Timm's own resolution of a ``pretrained_cfg`` (``resolve_data_config``)."""
+    if not cfg:
+        return None
+    from timm.data import resolve_data_config
+
+    values = resolve_data_config(pretrained_cfg=dict(cfg))
+    return DataConfig(
+        input_size=values["input_size"],
+        mean=values["mean"],
+        std=values["std"],
+        interpolation=values["interpolation"],
+        crop_pct=values["crop_pct"],
+        crop_mode=values.get("crop_mode", "center"),
+        source=source,
+    )
+
+
+def _class_names(cfg: Mapping[str, Any] | None) -> tuple[str, ...] | None:
+    """The ImageNet class names a ``pretrained_cfg``'s head predicts, if timm knows them."""
+    from timm.data import infer_imagenet_subset
+
+    subset = infer_imagenet_subset(dict(cfg)) if cfg else None
+    return _subset_names(subset) if subset else None
+
+
+@functools.cache
+def _subset_names(subset: str) -> tuple[str, ...] | None:
+    """Short names (the first synonym of each description: ``tench``) of an ImageNet subset."""
+    from timm.data import ImageNetInfo
+
+    try:
+        descriptions = ImageNetInfo(subset).label_descriptions()
+    except Exception:  # noqa: BLE001 - a subset this timm ships no label files for
+        return None
+    return tuple(description.split(",")[0].strip() for description in descriptions)
+
+
+def _model_data_config(model: nn.Module) -> DataConfig | None:
+    cfg = getattr(model, "pretrained_cfg", None)
+    return (
+        _data_config(cfg, f"timm {cfg.get('architecture')}.{cfg.get('tag')} pretrained_cfg")
+        if cfg
+        else None
+    )
+
+
+def _model_class_names(model: nn.Module) -> tuple[str, ...] | None:
+    return _class_names(getattr(model, "pretrained_cfg", None))
 
 
 # -- the family ----------------------------------------------------------------------------
@@ -286,6 +349,8 @@ TIMM = Family(
     groups=_grouper(_head),
     reset_head=_reset_head,
     input_size=_input_size,
+    data_config=_model_data_config,
+    labels=_model_class_names,
 )
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from zooadapt import Weights, Zoo, build_on_meta, hookimpl, read_state_dict
+from zooadapt import DataConfig, Weights, Zoo, build_on_meta, hookimpl, read_state_dict
 
 ZOO = "torchvision"
 
@@ -44,9 +44,29 @@ def _weights(arch: str) -> list[Weights]:
                 sha256=sha,
                 default=entry is default,
                 num_classes=len(entry.meta.get("categories") or []) or None,
+                data_config=_data_config(entry),
+                labels=tuple(entry.meta.get("categories") or ()) or None,
             )
         )
     return found
+
+
+def _data_config(entry: Any) -> DataConfig | None:
+    """The eval preprocessing of torchvision weights, read from ``entry.transforms()``."""
+    preset = entry.transforms()
+    crop, resize = getattr(preset, "crop_size", None), getattr(preset, "resize_size", None)
+    if not crop or not resize:
+        return None
+    mean, std = tuple(preset.mean), tuple(preset.std)
+    return DataConfig(
+        input_size=(len(mean), *(crop * 2 if len(crop) == 1 else crop)),
+        mean=mean,
+        std=std,
+        interpolation=preset.interpolation.value,
+        crop_pct=crop[0] / resize[0],
+        resize_size=tuple(resize),
+        source=f"torchvision {entry.name} weights",
+    )
 
 
 def _build(arch: str, weights: Weights | None = None, **kwargs: Any) -> Any:

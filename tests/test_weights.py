@@ -22,7 +22,14 @@ def test_adapting_the_real_weights_reuses_them(cached_mobilenet, offline):
     reference = torch.load(cached_mobilenet, weights_only=True)
     state = model.state_dict()
     stem = "features.0.0.weight"
-    assert torch.equal(state[stem], reference[stem].sum(dim=1, keepdim=True))
+    # "sum" folds the per-channel ImageNet statistics: filters in pixel units, summed,
+    # times the gray channel's std; the mean offsets become the stem's bias.
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    pixel = reference[stem] / std
+    torch.testing.assert_close(state[stem], pixel.sum(1, keepdim=True) * std.mean())
+    offset = (pixel.sum(1) * mean.mean() - (pixel * mean).sum(1)).sum((1, 2))
+    torch.testing.assert_close(state["features.0.0.bias"], offset)
     assert state["classifier.1.weight"].shape == (10, 1280)
     untouched = [k for k in reference if k != stem and not k.startswith("classifier.")]
     assert len(untouched) > 300

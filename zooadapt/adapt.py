@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,16 @@ from zooadapt._core.distributed import unwrap
 from zooadapt._core.files import read_state_dict
 from zooadapt._core.meta import build_on_meta, gc_paused
 from zooadapt._core.names import ModelRef, resolve_name
-from zooadapt._core.plan import plan_surgery
+from zooadapt._core.plan import CheckpointStem, plan_surgery
 from zooadapt._core.plugins import PluginManager, get_plugin_manager
 from zooadapt._core.pretrained import ensure_local, select_weights
-from zooadapt._core.surgery import StemInit
-from zooadapt.errors import AdaptError, PluginError, ZooAdaptError
+from zooadapt._core.surgery import StemInit, StemStats, default_stem_init, stem_in_chans
+from zooadapt.data import adapted_config, data_config, record_config
+from zooadapt.errors import AdaptError, PluginError, WeightsNotAvailableError, ZooAdaptError
 from zooadapt.freeze import FreezeSpec
 from zooadapt.freeze import freeze as freeze_model
 from zooadapt.freeze import select as select_frozen
+from zooadapt.labels import check_classes, labels, record_labels, resolve_classes
 from zooadapt.loading import (
     GENERIC_RULES,
     Targets,
@@ -34,7 +37,7 @@ from zooadapt.loading import (
     rename_keys,
     stem_channels,
 )
-from zooadapt.types import Family, Weights
+from zooadapt.types import Anatomy, DataConfig, Family, Weights
 
 __all__ = ["adapt", "adapted_from"]
 
@@ -52,6 +55,14 @@ class _Request:
     freeze: FreezeSpec
     family: str | Family | None
     pm: PluginManager | None  # None: the model's own (recorded) or the shared manager
+    classes: list[str | int] | None = None
+    mean: Sequence[float | None] | None = None
+    std: Sequence[float | None] | None = None
+
+    @property
+    def restats(self) -> bool:
+        """Whether the input statistics are asked to change."""
+        return self.mean is not None or self.std is not None
 
 
 @gc_paused()
@@ -61,6 +72,9 @@ def adapt(
     num_classes: int | None = None,
     in_chans: int | None = None,
     stem_init: StemInit | None = None,
+    classes: Sequence[str | int] | None = None,
+    mean: Sequence[float | None] | None = None,
+    std: Sequence[float | None] | None = None,
     pretrained: bool | str | os.PathLike[str] = True,
     freeze: FreezeSpec = None,
     device: str | torch.device | None = None,
@@ -81,6 +95,15 @@ def adapt(
             ``None`` keeps them, or takes the channel count of a checkpoint.
         stem_init: ``"sum"`` (default for 1 channel), ``"repeat"`` (default otherwise),
             ``"zeros"``, or a channel map; see :func:`zooadapt._core.surgery.adapt_conv_weight`.
+            The new channels get matching statistics in :func:`zooadapt.data_config`
+            (``"sum"`` folds the pretrained per-channel statistics into the stem).
+        classes: Class names or indices for the new head, in order: a name or index the
+            pretrained labels know keeps its pretrained head row (aux heads too), a new
+            name gets a fresh row. Implies ``num_classes``; the names become
+            :func:`zooadapt.labels`.
+        mean: Per-channel means of your data for the input (``None`` entries keep the
+            derived ones), e.g. for a NIR band; the stem keeps its filters for it.
+        std: Per-channel standard deviations, like ``mean``.
         pretrained: ``True`` for the zoo's default weights, ``False`` for random
             initialisation, a weights tag (``"IMAGENET1K_V1"``), or a checkpoint path.
             A module argument keeps its own weights unless a path is given.
@@ -104,7 +127,14 @@ def adapt(
     """
     _check_count("num_classes", num_classes)
     _check_count("in_chans", in_chans)
-    request = _Request(num_classes, in_chans, stem_init, freeze, family, plugin_manager)
+    entries = None if classes is None else check_classes(classes)
+    if entries is not None and num_classes not in (None, len(entries)):
+        raise AdaptError(
+            f"num_classes={num_classes} but classes lists {len(entries)}; give one of them"
+        )
+    request = _Request(
+        num_classes, in_chans, stem_init, freeze, family, plugin_manager, entries, mean, std
+    )
     on_meta = device is not None and torch.device(device).type == "meta"
     path = pretrained if _is_path(pretrained) and not on_meta else None
     checkpoint = (
@@ -113,7 +143,7 @@ def adapt(
         else None
     )
     if isinstance(model, nn.Module):
-        _check_module_arguments(pretrained, model_kwargs)
+        _check_module_arguments(pretrained, model_kwargs, request, checkpoint)
         _adapt_in_place(unwrap(model), request, checkpoint, str(path), assign=False)
         return _finish(model, request, device, dtype)
     if not isinstance(model, str):
@@ -140,7 +170,15 @@ def _check_count(name: str, value: object) -> None:
         raise AdaptError(f"{name} must be a positive int, got {value!r}")
 
 
-def _check_module_arguments(pretrained: object, model_kwargs: dict[str, Any]) -> None:
+def _check_module_arguments(
+    pretrained: object, model_kwargs: dict[str, Any], request: _Request, checkpoint: object
+) -> None:
+    if request.classes is not None and checkpoint is not None:
+        raise AdaptError(
+            "classes= keeps rows of the head the model has, but pretrained= loads a file "
+            "over it; load it first (za.load_weights(model, path)), then "
+            "za.adapt(model, classes=...)"
+        )
     if model_kwargs:
         raise AdaptError(f"model keyword arguments {sorted(model_kwargs)} need a model name")
     if isinstance(pretrained, str) and not _is_path(pretrained):
@@ -176,14 +214,32 @@ def _finish(
 def _from_zoo(
     ref: ModelRef, pretrained: object, on_meta: bool, model_kwargs: dict[str, Any]
 ) -> nn.Module:
-    """Build from the zoo: on meta, with random weights, or with its pretrained weights."""
-    if on_meta:
-        return build_on_meta(lambda: _build(ref, None, model_kwargs))
+    """Build from the zoo: on meta, with random weights, or with its pretrained weights.
+
+    The weights' data config and class names are recorded on the model; on meta, those
+    of the weights ``pretrained`` names, when the zoo knows them.
+    """
     if pretrained is False or pretrained is None:  # random init, whatever tag the name has
+        if on_meta:
+            return build_on_meta(lambda: _build(ref, None, model_kwargs))
         return _build(ref, None, model_kwargs)
+    if on_meta:
+        module = build_on_meta(lambda: _build(ref, None, model_kwargs))
+        with contextlib.suppress(WeightsNotAvailableError):  # on meta, nothing is loaded
+            _record_weights(module, select_weights(ref, pretrained))  # type: ignore[arg-type]
+        return module
     weights = select_weights(ref, pretrained)  # type: ignore[arg-type]
     local = dataclasses.replace(weights, file=ensure_local(weights, ref))
-    return _build(ref, local, model_kwargs)
+    module = _build(ref, local, model_kwargs)
+    _record_weights(module, weights)
+    return module
+
+
+def _record_weights(module: nn.Module, weights: Weights) -> None:
+    if weights.data_config is not None:
+        record_config(module, weights.data_config)
+    if weights.labels is not None:
+        record_labels(module, weights.labels)
 
 
 def _from_checkpoint(
@@ -196,14 +252,20 @@ def _from_checkpoint(
     """Build on meta and install the checkpoint's tensors: no random init, no second copy.
 
     Builders whose constructors compute tensors that no checkpoint holds are built for real.
+    ``classes`` then keeps rows of the checkpoint's head, in a second step.
     """
     builder: Callable[[], nn.Module] = lambda: _build(ref, None, model_kwargs)  # noqa: E731
+    loading = request
+    if request.classes is not None:
+        loading = dataclasses.replace(request, classes=None, num_classes=None)
     module = build_on_meta(builder)
-    heads = _adapt_in_place(module, request, checkpoint, source, assign=True)
-    if not materialize(module, heads):
-        return module
-    module = builder()
-    _adapt_in_place(module, request, checkpoint, source, assign=False)
+    heads = _adapt_in_place(module, loading, checkpoint, source, assign=True)
+    if materialize(module, heads):
+        module = builder()
+        _adapt_in_place(module, loading, checkpoint, source, assign=False)
+    if request.classes is not None:
+        choosing = dataclasses.replace(request, in_chans=None, stem_init=None, mean=None, std=None)
+        _adapt_in_place(module, choosing, None, "", assign=False)
     return module
 
 
@@ -240,22 +302,42 @@ def _adapt_in_place(
 ) -> tuple[str, ...]:
     """Replace heads, rebuild the stem, then load ``checkpoint``; undo all on failure.
 
+    The data config and labels recorded on the model follow, once everything succeeded.
+
     Returns:
         The head paths.
     """
     declared, anat = describe(model, request.pm, request.family)
     num_classes, in_chans = request.num_classes, request.in_chans
     rules = [*GENERIC_RULES, *manager_of(model).rename_rules(declared.item)]
+    saved = None
     if checkpoint is not None:
         renamed, _ = rename_keys(checkpoint, rules, model.state_dict())
         num_classes = num_classes or head_rows(renamed, anat.head)
         in_chans = in_chans or stem_channels(renamed, anat)
         _check_count(f"the class count of {source}'s head", num_classes)
         _check_count(f"the input channels of {source}'s stem", in_chans)
-    plan = plan_surgery(model, declared.item, anat, num_classes, in_chans, request.stem_init)
+        saved = _checkpoint_stems(renamed, anat)
+    rows, new_labels = _labels_after(model, anat, request, num_classes, known=checkpoint is None)
+    if rows is not None:
+        num_classes = len(rows)
+    before = data_config(model)
+    after = _config_after(before, anat, request, in_chans)
+    stats = StemStats(before.mean, before.std, after.mean, after.std)
+    plan = plan_surgery(
+        model,
+        declared.item,
+        anat,
+        num_classes,
+        in_chans,
+        request.stem_init,
+        rows=rows,
+        stats=stats,
+        checkpoint=saved,
+    )
     if request.freeze is not None:  # validate the spec before anything changes
         select_frozen(anat.groups, request.freeze, [n for n, _ in model.named_parameters()])
-    targets = Targets.of(anat, request.stem_init, new_heads=plan.replaces_heads)
+    targets = Targets.of(anat, request.stem_init, new_heads=plan.replaces_heads, stats=stats)
     try:
         plan.apply(model)  # inside: a reset_head that fails half-way is undone too
         if checkpoint is not None:
@@ -265,4 +347,49 @@ def _adapt_in_place(
     except BaseException:
         plan.revert(model)
         raise
+    record_config(model, after)
+    record_labels(model, new_labels)
     return anat.head
+
+
+def _checkpoint_stems(state: dict[str, torch.Tensor], anat: Anatomy) -> dict[str, CheckpointStem]:
+    """Input channels and bias of each stem, as the (renamed) checkpoint holds them."""
+    stems = {}
+    for path in anat.stems:
+        weight = state.get(f"{path}.weight")
+        chans = stem_in_chans(weight, anat.stem_layout) if weight is not None else None
+        stems[path] = CheckpointStem(chans, f"{path}.bias" in state)
+    return stems
+
+
+def _labels_after(
+    model: nn.Module, anat: Anatomy, request: _Request, num_classes: int | None, *, known: bool
+) -> tuple[list[int | None] | None, tuple[str, ...] | None]:
+    """Head rows ``classes`` keeps (``None``: no request) and the labels afterwards.
+
+    A checkpoint's classes are unknown (``known=False``): its labels are not guessed.
+    """
+    current = labels(model) if known else None
+    if request.classes is not None:
+        name = f"{type(model).__qualname__} (family {anat.family!r})"
+        count = num_classes if num_classes is not None and not known else anat.num_classes
+        return resolve_classes(request.classes, current, count, name)
+    if num_classes is not None and num_classes != anat.num_classes:
+        return None, None
+    return None, current
+
+
+def _config_after(
+    before: DataConfig, anat: Anatomy, request: _Request, in_chans: int | None
+) -> DataConfig:
+    """The data config once the stem has ``in_chans`` channels built with ``stem_init``."""
+    target = in_chans or anat.in_chans
+    if target is None:
+        return before
+    if target == before.in_chans and request.stem_init is None:
+        if not request.restats:
+            return before
+        init: StemInit = list(range(target))  # the channels keep their own statistics
+    else:
+        init = request.stem_init or default_stem_init(target)
+    return adapted_config(before, target, init, request.mean, request.std)

@@ -6,6 +6,7 @@ __all__ = [
     "AdaptError",
     "AmbiguousFamilyError",
     "CheckpointError",
+    "DataError",
     "FamilyNotFoundError",
     "FreezeError",
     "ModelNotFoundError",
@@ -74,4 +75,12 @@ class OptimizerError(ZooAdaptError, ValueError):
 
     Raised for an unknown optimizer name, invalid learning rates or decay settings, or an
     optimizer that holds tensors which are not parameters of the model.
+    """
+
+
+class DataError(ZooAdaptError, ValueError):
+    """Data-side input is invalid: a data config, statistics, class names or an image.
+
+    Raised for statistics that do not fit the channel count, an unknown interpolation, an
+    image file that cannot be read, or an image whose channels a model cannot take.
     """

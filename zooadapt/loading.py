@@ -21,11 +21,13 @@ from zooadapt._core.meta import gc_paused
 from zooadapt._core.plugins import PluginManager
 from zooadapt._core.surgery import (
     StemInit,
-    adapt_stem_weight,
+    StemStats,
+    adapt_stem,
     default_stem_init,
     owner_of,
     stem_in_chans,
 )
+from zooadapt.data import data_config, pretrained_config
 from zooadapt.errors import CheckpointError, FamilyNotFoundError
 from zooadapt.types import Anatomy, Family, RenameRule, StemLayout
 
@@ -132,10 +134,16 @@ class Targets:
     stem_init: StemInit | None = None
     stem_layout: StemLayout = StemLayout()
     new_heads: bool = False
+    stats: StemStats | None = None
 
     @classmethod
     def of(
-        cls, anat: Anatomy, stem_init: StemInit | None = None, *, new_heads: bool = False
+        cls,
+        anat: Anatomy,
+        stem_init: StemInit | None = None,
+        *,
+        new_heads: bool = False,
+        stats: StemStats | None = None,
     ) -> Targets:
         """The heads and stems an :class:`Anatomy` declares.
 
@@ -143,8 +151,10 @@ class Targets:
             anat: The model's anatomy.
             stem_init: Strategy for a stem whose channel count differs.
             new_heads: The heads were just replaced, so the checkpoint need not hold them.
+            stats: Statistics that a ``sum``-adapted stem is folded with (the
+                checkpoint's, and the model's).
         """
-        return cls(anat.head, anat.stems, stem_init, anat.stem_layout, new_heads)
+        return cls(anat.head, anat.stems, stem_init, anat.stem_layout, new_heads, stats)
 
     def is_stem(self, key: str) -> bool:
         """Whether ``key`` is a stem's weight."""
@@ -198,12 +208,14 @@ def load_state(
         elif _under(key, replaced):
             report.dropped.append(key)
         elif tensor.shape == want.shape:
-            final[key] = _in_dtype_of(key, tensor, want, report)
+            if key not in final:  # else: an adapted stem's bias, already folded
+                final[key] = _in_dtype_of(key, tensor, want, report)
         elif targets.is_stem(key) and _channels_differ(tensor, want):
-            chans = stem_in_chans(want, targets.stem_layout)
-            init = targets.stem_init or default_stem_init(chans)
-            adapted = adapt_stem_weight(tensor, chans, init, targets.stem_layout)
-            final[key] = _in_dtype_of(key, adapted, want, report)
+            weight, bias = _adapted_stem(key, tensor, renamed_state, own, targets)
+            final[key] = _in_dtype_of(key, weight, want, report)
+            if bias is not None:
+                bias_key = key.removesuffix("weight") + "bias"
+                final[bias_key] = _in_dtype_of(bias_key, bias, own[bias_key], report)
             report.adapted.append(key)
         else:
             report.mismatched[key] = (tuple(tensor.shape), tuple(want.shape))
@@ -226,6 +238,35 @@ def load_state(
         _copy_into(model, final)
     report.loaded = sorted(final)
     return report
+
+
+def _adapted_stem(
+    key: str,
+    tensor: torch.Tensor,
+    state: Mapping[str, torch.Tensor],
+    own: Mapping[str, torch.Tensor],
+    targets: Targets,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A checkpoint stem weight adapted to the model's channels, and the stem's bias.
+
+    The bias is folded (``sum``) when the model's stem has one to hold it; else it is the
+    checkpoint's, or zeros where only the model's stem has one.
+    """
+    bias_key = key.removesuffix("weight") + "bias"
+    chans = stem_in_chans(own[key], targets.stem_layout)
+    init = targets.stem_init or default_stem_init(chans)
+    saved_bias = state.get(bias_key)
+    stats = targets.stats if bias_key in own else None
+    weight, bias = adapt_stem(tensor, saved_bias, chans, init, targets.stem_layout, stats)
+    if bias is None and bias_key in own:
+        bias = torch.zeros_like(own[bias_key], device=tensor.device)
+    return weight, bias
+
+
+def _stem_stats(model: nn.Module) -> StemStats:
+    """A checkpoint of another channel count is taken to expect the pretrained statistics."""
+    before, after = pretrained_config(model), data_config(model)
+    return StemStats(before.mean, before.std, after.mean, after.std)
 
 
 def _replaced_heads(
@@ -387,7 +428,8 @@ def load_weights(
     ``_orig_mod.``, ``model.``, ``backbone.``), the family's rules, then ``rules``. A head
     whose shape differs from the checkpoint's (the model was adapted) is not loaded; a
     stem whose input channels differ gets the checkpoint's filters adapted with
-    ``stem_init``.
+    ``stem_init`` (a ``sum`` stem with a bias is folded from the family's pretrained
+    statistics to the model's :func:`zooadapt.data_config`).
 
     Args:
         model: The model (wrappers such as DataParallel are accepted).
@@ -423,6 +465,6 @@ def load_weights(
     pm = plugin_manager or manager_of(model)
     family_rules = pm.rename_rules(declared.item) if declared is not None else []
     all_rules = [*GENERIC_RULES, *family_rules, *extra]
-    targets = Targets.of(anat, stem_init) if anat is not None else Targets()
+    targets = Targets.of(anat, stem_init, stats=_stem_stats(model)) if anat else Targets()
     label = str(getattr(source, "name", source))
     return load_state(model, state, rules=all_rules, targets=targets, strict=strict, source=label)

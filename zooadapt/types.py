@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Anatomy", "Family", "RenameRule", "StemLayout", "Weights", "Zoo"]
+__all__ = ["Anatomy", "DataConfig", "Family", "RenameRule", "StemLayout", "Weights", "Zoo"]
+
+#: Interpolation names a :class:`DataConfig` accepts (``torchvision.transforms.InterpolationMode``).
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
+#: How the eval pipeline fits an image to the input size (timm's ``crop_mode``).
+CROP_MODES = ("center", "squash", "border")
 
 #: A value a family declares either as data or as a function of the model instance.
 Paths = Union[str, Sequence[str], "Callable[[nn.Module], Sequence[str]]"]
@@ -81,6 +87,132 @@ class StemLayout:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """How to feed a model: input size, per-channel statistics and the eval resize/crop.
+
+    Values are in the units of images scaled to ``[0, 1]``. The eval pipeline resizes to
+    :attr:`resize` (the shorter side, for a square input), center-crops to the spatial
+    input size, then normalises each channel: ``(x - mean[c]) / std[c]``.
+
+    Args:
+        input_size: ``(channels, height, width)``, or ``(channels, depth, height, width)``.
+        mean: Per-channel mean, one per input channel.
+        std: Per-channel standard deviation, one per input channel (positive).
+        interpolation: Resize interpolation: one of ``INTERPOLATIONS``.
+        crop_pct: Crop size over resize size (timm's ``crop_pct``; 224 / 256 = 0.875).
+        resize_size: Resize size before the crop; ``None`` computes it from
+            ``crop_pct`` as timm does (``floor(size / crop_pct)``).
+        crop_mode: ``"center"`` (resize keeping the aspect ratio, then crop),
+            ``"squash"`` (resize to the square, then crop) or ``"border"`` (fit the longest
+            side, pad with zeros to the crop).
+        source: Where the values come from (``"torchvision IMAGENET1K_V1 weights"``).
+
+    Raises:
+        DataError: If the statistics do not fit the channels or a value is out of range.
+    """
+
+    input_size: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+    resize_size: tuple[int, ...] | None = None
+    crop_mode: str = "center"
+    source: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        from zooadapt.errors import DataError
+
+        for name in ("input_size", "mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+                raise DataError(f"DataConfig.{name} must be a sequence, got {value!r}")
+        size = tuple(int(v) for v in self.input_size)
+        mean = tuple(float(v) for v in self.mean)
+        std = tuple(float(v) for v in self.std)
+        resize = None if self.resize_size is None else tuple(int(v) for v in self.resize_size)
+        object.__setattr__(self, "input_size", size)
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+        object.__setattr__(self, "resize_size", resize)
+        object.__setattr__(self, "crop_pct", float(self.crop_pct))
+        problem = _data_config_problem(self)
+        if problem:
+            raise DataError(f"invalid DataConfig ({self.source or 'no source'}): {problem}")
+
+    @property
+    def in_chans(self) -> int:
+        """Input channels (the first entry of :attr:`input_size`)."""
+        return self.input_size[0]
+
+    @property
+    def spatial_size(self) -> tuple[int, ...]:
+        """The crop: :attr:`input_size` without its channels."""
+        return self.input_size[1:]
+
+    @property
+    def resize(self) -> tuple[int, ...]:
+        """Resize size before the crop: :attr:`resize_size`, else from :attr:`crop_pct`."""
+        if self.resize_size is not None:
+            return self.resize_size
+        return tuple(math.floor(v / self.crop_pct) for v in self.spatial_size)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict that :meth:`from_dict` reads back into an equal config."""
+        return {
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+            "resize_size": None if self.resize_size is None else list(self.resize_size),
+            "crop_mode": self.crop_mode,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> DataConfig:
+        """Read :meth:`as_dict`'s output (unknown keys are an error)."""
+        from zooadapt.errors import DataError
+
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise DataError(f"unknown DataConfig fields {unknown}")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as err:
+            if isinstance(err, DataError):
+                raise
+            raise DataError(f"invalid DataConfig {dict(values)!r}: {err}") from err
+
+
+def _data_config_problem(config: DataConfig) -> str:
+    """Why ``config`` is invalid, or ``""``."""
+    size, chans = config.input_size, config.input_size[:1]
+    if len(size) not in (1, 2, 3, 4) or any(v < 1 for v in size):
+        return f"input_size {size} is not (channels, *spatial) with positive sizes"
+    if len(config.mean) != chans[0] or len(config.std) != chans[0]:
+        return (
+            f"{len(config.mean)} means and {len(config.std)} stds for {chans[0]} channels; "
+            "give one per channel"
+        )
+    if not all(math.isfinite(v) for v in config.mean):
+        return f"mean {config.mean} is not finite"
+    if not all(math.isfinite(v) and v > 0 for v in config.std):
+        return f"std {config.std} must be positive"
+    if config.interpolation not in INTERPOLATIONS:
+        return f"interpolation {config.interpolation!r} is not one of {INTERPOLATIONS}"
+    if config.crop_mode not in CROP_MODES:
+        return f"crop_mode {config.crop_mode!r} is not one of {CROP_MODES}"
+    if not (math.isfinite(config.crop_pct) and config.crop_pct > 0):
+        return f"crop_pct {config.crop_pct} must be positive"
+    resize = config.resize_size
+    if resize is not None and (len(resize) not in (1, len(size) - 1) or min(resize) < 1):
+        return f"resize_size {resize} is not one size or one per spatial dimension"
+    return ""
+
+
+@dataclass(frozen=True)
 class Family:
     """What an architecture family knows about itself.
 
@@ -114,6 +246,11 @@ class Family:
             means 224 per spatial dimension (96 for volumes).
         spatial_dims: 2 for images, 3 for volumes, as data or a function of the model;
             ``None`` takes it from the stem (``Conv3d``: 3).
+        data_config: The :class:`DataConfig` the family's pretrained weights expect, as
+            data or a function of the model (timm reads ``pretrained_cfg``); ``None``
+            means ImageNet statistics, bilinear, ``crop_pct`` 0.875 at the input size.
+        labels: Class names of the pretrained head, as data or a function of the model
+            returning them or ``None``; used only while they match the head's class count.
         fallback: Generic family that claims any model, used only when nothing else does.
     """
 
@@ -130,6 +267,8 @@ class Family:
     stem_layout: StemLayout | Callable[[nn.Module], StemLayout] = StemLayout()
     input_size: Sequence[int] | Callable[[nn.Module], Sequence[int]] | None = None
     spatial_dims: int | Callable[[nn.Module], int] | None = None
+    data_config: DataConfig | Callable[[nn.Module], DataConfig | None] | None = None
+    labels: Sequence[str] | Callable[[nn.Module], Sequence[str] | None] | None = None
     fallback: bool = False
 
     def __post_init__(self) -> None:
@@ -175,6 +314,18 @@ class Family:
         size = self.input_size_of(model)
         return len(size) if size is not None else 2
 
+    def data_config_of(self, model: nn.Module) -> DataConfig | None:
+        """The declared :class:`DataConfig` for ``model``, or ``None``."""
+        config = self.data_config(model) if callable(self.data_config) else self.data_config
+        if config is not None and not isinstance(config, DataConfig):
+            raise TypeError(f"data_config gave {type(config).__name__}, not a DataConfig")
+        return config
+
+    def labels_of(self, model: nn.Module) -> tuple[str, ...] | None:
+        """The declared class names for ``model``, or ``None``."""
+        names = self.labels(model) if callable(self.labels) else self.labels
+        return None if names is None else tuple(str(name) for name in names)
+
     def group_patterns(self, model: nn.Module) -> tuple[tuple[str, str], ...]:
         """Return ``(group name, regex)`` pairs for ``model``, input to output."""
         groups = self.groups(model) if callable(self.groups) else self.groups
@@ -205,6 +356,8 @@ class Weights:
         source: Where the weights are published, for messages (a hub repository).
         download: Fetches the file into the cache and returns its path; by default
             ``url`` is downloaded to ``file``.
+        data_config: How these weights were trained to be fed (:class:`DataConfig`).
+        labels: The class names of their head, in order.
     """
 
     model: str
@@ -216,6 +369,8 @@ class Weights:
     num_classes: int | None = None
     source: str = ""
     download: Callable[[], Path] | None = field(default=None, compare=False, repr=False)
+    data_config: DataConfig | None = field(default=None, compare=False, repr=False)
+    labels: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
 
     @property
     def cached(self) -> bool:

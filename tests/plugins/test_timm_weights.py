@@ -76,9 +76,14 @@ def test_default_tag_loads_from_the_hub_cache_through_timm(hf_cache):
     put_in_cache(hf_cache, "timm/resnet18.a1_in1k", "model.safetensors", state)
     model = za.adapt("timm/resnet18", num_classes=10, in_chans=1)
     adapted = model.state_dict()
+    mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
     for key, tensor in state.items():
-        if key == "conv1.weight":
-            torch.testing.assert_close(adapted[key], tensor.sum(1, keepdim=True))
+        if key == "conv1.weight":  # "sum", folded from timm's per-channel statistics
+            pixel = tensor / std
+            torch.testing.assert_close(adapted[key], pixel.sum(1, keepdim=True) * std.mean())
+            offset = (pixel.sum(1) * mean.mean() - (pixel * mean).sum(1)).sum((1, 2))
+            torch.testing.assert_close(adapted["conv1.bias"], offset)
         elif not key.startswith("fc."):
             assert torch.equal(adapted[key], tensor), key
     assert adapted["fc.weight"].shape == (10, 512)
@@ -133,15 +138,20 @@ def test_a_timm_model_without_pretrained_weights_says_so():
 # -- local checkpoints through zooadapt's loader ------------------------------------------
 
 
-def test_a_torchvision_resnet_checkpoint_loads_into_timm_resnet(tmp_path, logits):
+def test_a_torchvision_resnet_checkpoint_loads_into_timm_resnet(
+    tmp_path, logits, normalise, equal_means
+):
     torch.manual_seed(0)
     original = torchvision.models.resnet18().eval()
     path = tmp_path / "torchvision_resnet18.pth"
     torch.save(original.state_dict(), path)
-    model = za.adapt("timm/resnet18", in_chans=1, pretrained=path)
+    model = za.adapt("timm/resnet18", pretrained=path, **equal_means)
+    za.adapt(model, in_chans=1)
+    config = za.data_config(model)
     gray = torch.rand(2, 1, 64, 64, dtype=torch.float64)
-    expected = logits(original, gray.expand(-1, 3, -1, -1))
-    torch.testing.assert_close(logits(model, gray), expected, rtol=1e-4, atol=1e-6)
+    expected = logits(original, normalise(gray.expand(-1, 3, -1, -1), **equal_means))
+    actual = logits(model, normalise(gray, config.mean, config.std))
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_original_convnext_checkpoint_is_renamed_by_the_rules(tmp_path, convnext_original_key):

@@ -7,6 +7,7 @@ agree to about 1e-7; a wrongly reused weight would change them by orders of magn
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -64,16 +65,48 @@ def checkpoints(tmp_path_factory):
 
 @pytest.mark.parametrize("family", sorted(REPRESENTATIVES))
 def test_one_channel_sum_gives_the_logits_of_the_gray_image_replicated(
-    family, checkpoints, logits, assert_same_logits
+    family, checkpoints, logits, assert_same_logits, normalise, equal_means
 ):
+    """On normalised input: the gray channel's statistics are folded into the stem."""
     arch, size = REPRESENTATIVES[family]
     original, path = checkpoints(arch)
-    model = za.adapt(arch, in_chans=1, pretrained=path)
+    model = za.adapt(arch, pretrained=path, **equal_means)  # what the weights expect
+    za.adapt(model, in_chans=1)
+    gray_config = za.data_config(model)
+    assert gray_config.mean == (0.45,) and gray_config.std == pytest.approx((0.25,))
     gray = torch.rand(
         2, 1, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
     )
-    expected = logits(original, gray.expand(-1, 3, -1, -1))
-    assert_same_logits(logits(model, gray), expected)
+    expected = logits(original, normalise(gray.expand(-1, 3, -1, -1), **equal_means))
+    actual = logits(model, normalise(gray, gray_config.mean, gray_config.std))
+    assert_same_logits(actual, expected)
+
+
+@pytest.mark.parametrize("family", sorted(REPRESENTATIVES))
+def test_one_channel_sum_with_imagenet_statistics_is_exact_inside_the_stem(
+    family, checkpoints, normalise
+):
+    """ImageNet's means differ: the folded offsets are a bias, exact where no padding is read."""
+    arch, size = REPRESENTATIVES[family]
+    original, path = checkpoints(arch)
+    model = za.adapt(arch, in_chans=1, pretrained=path)  # folded by the loader
+    before, after = za.data_config(original), za.data_config(model)
+    gray = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(3))
+    stem = za.anatomy(model).stem
+    unpadded = [_unpadded(m.get_submodule(stem)).float() for m in (original, model)]
+    with torch.no_grad():
+        expected = unpadded[0](normalise(gray.expand(-1, 3, -1, -1), before.mean, before.std))
+        actual = unpadded[1](normalise(gray, after.mean, after.std))
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+    assert model.get_submodule(stem).bias is not None
+
+
+def _unpadded(layer: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a stem that reads no padding: its output is the interior of the original's."""
+    copied = copy.deepcopy(layer)
+    if isinstance(copied, torch.nn.Conv2d):
+        copied.padding = (0, 0)
+    return copied
 
 
 @pytest.mark.parametrize("family", sorted(REPRESENTATIVES))

@@ -11,7 +11,8 @@ from torch import nn
 
 from zooadapt._core.surgery import (
     StemInit,
-    adapt_stem_weight,
+    StemStats,
+    adapt_stem,
     check_stem,
     default_stem_init,
     head_out_features,
@@ -22,7 +23,7 @@ from zooadapt._core.surgery import (
     stem_in_chans,
 )
 from zooadapt.errors import AdaptError, PluginError, ZooAdaptError
-from zooadapt.types import Anatomy, Family
+from zooadapt.types import Anatomy, Family, StemLayout
 
 __all__ = ["Plan", "plan_surgery"]
 
@@ -45,13 +46,25 @@ def _restore(snapshot: list[tuple[nn.Module, dict[str, Any]]]) -> None:
         vars(module).update({k: dict(v) if k in _TREE else v for k, v in attributes.items()})
 
 
+_Pair = tuple[torch.Tensor, "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class CheckpointStem:
+    """What a checkpoint holds for one stem: its input channels and whether it has a bias."""
+
+    in_chans: int | None
+    bias: bool
+
+
 @dataclass
 class Plan:
     """Changes computed up front, applied together and revertible."""
 
     heads: list[tuple[str, nn.Module, nn.Module]] = field(default_factory=list)
     reset_head: Any = None
-    stems: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    #: (layer, (old weight, old bias), (new weight, new bias)) per rebuilt stem.
+    stems: list[tuple[nn.Module, _Pair, _Pair]] = field(default_factory=list)
     attributes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     _before_reset: list[tuple[nn.Module, dict[str, Any]]] = field(default_factory=list)
 
@@ -67,8 +80,8 @@ class Plan:
         if self.reset_head is not None:
             self._before_reset = _snapshot(model)
             self.reset_head(model)
-        for layer, _, new_weight in self.stems:
-            set_stem_weight(layer, new_weight)
+        for layer, _, new in self.stems:
+            set_stem_weight(layer, *new)
         for name, (_, new_value) in self.attributes.items():
             setattr(model, name, new_value)
 
@@ -77,8 +90,8 @@ class Plan:
         _restore(self._before_reset)
         for path, old, _ in self.heads:
             set_submodule(model, path, old)
-        for layer, old_weight, _ in self.stems:
-            set_stem_weight(layer, old_weight)
+        for layer, old, _ in self.stems:
+            set_stem_weight(layer, *old)
         for name, (old_value, _) in self.attributes.items():
             setattr(model, name, old_value)
 
@@ -90,8 +103,25 @@ def plan_surgery(
     num_classes: int | None,
     in_chans: int | None,
     stem_init: StemInit | None,
+    *,
+    rows: Sequence[int | None] | None = None,
+    stats: StemStats | None = None,
+    checkpoint: dict[str, CheckpointStem] | None = None,
 ) -> Plan:
     """Compute the new heads and stem weight for ``model``, changing nothing yet.
+
+    Args:
+        model: The model to change.
+        family: Its family.
+        anat: Its anatomy.
+        num_classes: New class count, or ``None``.
+        in_chans: New input channels, or ``None``.
+        stem_init: Strategy for the stem's new channels.
+        rows: For each new class, the pretrained head row it keeps (``None``: fresh).
+        stats: Input statistics a ``sum`` stem is folded with.
+        checkpoint: What a checkpoint that will be loaded next holds for each stem: a
+            stem it gives at the new channel count is only reshaped (with a bias slot
+            when it has one); the loader folds one it gives at another count.
 
     Raises:
         AdaptError: If the request cannot be carried out (no stem, a bad ``stem_init``).
@@ -104,9 +134,9 @@ def plan_surgery(
                 f"declares none), so num_classes={num_classes} cannot be applied; use it as a "
                 "feature extractor under your own head, or choose a variant with a classifier"
             )
-        _plan_heads(plan, model, family, anat.plugin, anat.head, num_classes)
+        _plan_heads(plan, model, family, anat.plugin, anat.head, num_classes, rows)
     if in_chans is not None or stem_init is not None:
-        _plan_stem(plan, model, family, anat, in_chans, stem_init)
+        _plan_stem(plan, model, family, anat, in_chans, stem_init, stats, checkpoint)
     return plan
 
 
@@ -117,17 +147,36 @@ def _plan_heads(
     plugin: str,
     heads: Sequence[str],
     num_classes: int,
+    rows: Sequence[int | None] | None,
 ) -> None:
     layers = [model.get_submodule(path) for path in heads]
     if family.reset_head is not None and not all(map(is_replaceable_head, layers)):
+        if rows is not None and any(row is not None for row in rows):
+            raise AdaptError(f"{type(model).__qualname__} has no pretrained head rows to keep")
         plan.reset_head = _reset_head(family, plugin, num_classes, _factory(model))
         return
     for path in heads:
         old = model.get_submodule(path)
-        if head_out_features(old) != num_classes:
-            plan.heads.append((path, old, make_head(old, num_classes)))
+        count = head_out_features(old)
+        if count != num_classes or (rows is not None and list(rows) != list(range(count))):
+            plan.heads.append((path, old, _new_head(old, num_classes, rows)))
     if plan.heads and isinstance(getattr(model, "num_classes", None), int):
         plan.attributes["num_classes"] = (model.num_classes, num_classes)
+
+
+def _new_head(old: nn.Module, num_classes: int, rows: Sequence[int | None] | None) -> nn.Module:
+    """A fresh head; the rows ``rows`` names are copied from ``old`` (the others stay fresh)."""
+    new = make_head(old, num_classes)
+    if rows is None:
+        return new
+    with torch.no_grad():
+        for row, source in enumerate(rows):
+            if source is None:
+                continue
+            new.weight[row] = old.weight[source]
+            if new.bias is not None and old.bias is not None:
+                new.bias[row] = old.bias[source]
+    return new
 
 
 def _factory(model: nn.Module) -> dict[str, Any]:
@@ -161,6 +210,8 @@ def _plan_stem(
     anat: Anatomy,
     in_chans: int | None,
     stem_init: StemInit | None,
+    stats: StemStats | None,
+    checkpoint: dict[str, CheckpointStem] | None,
 ) -> None:
     if not anat.stems:
         raise AdaptError(
@@ -174,12 +225,32 @@ def _plan_stem(
         target = in_chans or base
         if target == base and stem_init is None:
             continue
-        with torch.no_grad():
-            weight = layer.weight.detach()
-            init = stem_init or default_stem_init(target)
-            new_weight = adapt_stem_weight(weight, target, init, anat.stem_layout)
-        plan.stems.append((layer, weight, new_weight))
+        saved = checkpoint.get(path) if checkpoint is not None else None
+        new = _stem_tensors(layer, target, stem_init, anat.stem_layout, stats, saved)
+        plan.stems.append((layer, (layer.weight, layer.bias), new))
         changed = changed or target != base
     if changed:
         for name, value in family.stem_overrides.items():
             plan.attributes[name] = (getattr(model, name), value)
+
+
+def _stem_tensors(
+    layer: nn.Module,
+    target: int,
+    stem_init: StemInit | None,
+    layout: StemLayout,
+    stats: StemStats | None,
+    saved: CheckpointStem | None,
+) -> _Pair:
+    """The stem's new weight and bias; shaped like a checkpoint's when it gives them."""
+    init = stem_init or default_stem_init(target)
+    reshape_only = saved is not None and saved.in_chans == target
+    with torch.no_grad():
+        weight = layer.weight.detach()
+        bias = None if layer.bias is None else layer.bias.detach()
+        new_weight, new_bias = adapt_stem(
+            weight, bias, target, init, layout, None if reshape_only else stats
+        )
+    if reshape_only and saved.bias and new_bias is None:  # type: ignore[union-attr]
+        new_bias = torch.zeros(weight.shape[0], device=weight.device, dtype=weight.dtype)
+    return new_weight, new_bias

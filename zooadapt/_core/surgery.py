@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,7 +18,9 @@ from zooadapt.types import StemLayout
 
 __all__ = [
     "StemInit",
+    "StemStats",
     "adapt_conv_weight",
+    "adapt_stem",
     "adapt_stem_weight",
     "check_stem",
     "default_stem_init",
@@ -184,6 +187,83 @@ def adapt_stem_weight(
     return adapted.reshape(out, in_chans * layout.fold, *kernel).contiguous()
 
 
+@dataclass(frozen=True)
+class StemStats:
+    """Per-channel input statistics before and after a stem is adapted.
+
+    Args:
+        mean: Means the pretrained stem was trained with, one per pretrained channel.
+        std: Their standard deviations.
+        new_mean: Means the adapted stem's input will be normalised with.
+        new_std: Their standard deviations.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    new_mean: tuple[float, ...]
+    new_std: tuple[float, ...]
+
+    def fits(self, base: int, in_chans: int) -> bool:
+        """Whether these statistics describe a stem going from ``base`` to ``in_chans``."""
+        return len(self.mean) == len(self.std) == base and len(self.new_mean) == in_chans
+
+    def needs_bias(self) -> bool:
+        """Whether folding a ``sum`` stem adds a constant (the means are not all equal)."""
+        average = sum(self.new_mean) / len(self.new_mean)
+        return any(mean != average for mean in self.mean)
+
+
+def adapt_stem(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_chans: int,
+    init: StemInit,
+    layout: StemLayout = PLAIN_STEM,
+    stats: StemStats | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`adapt_stem_weight`, with the input statistics folded in for ``"sum"``.
+
+    ``"sum"`` promises that an image whose channels all equal a gray image gives the
+    pretrained output for that gray image replicated to RGB. With per-channel
+    normalisation that holds only if the stem undoes the pretrained statistics and
+    applies the new ones: the filters are taken in pixel units (``W_c / std_c``),
+    summed, rescaled by each new channel's std, and the mean offsets become a bias
+    (added when the stem had none). Other strategies copy each channel's statistics with
+    its filter, so nothing needs folding.
+
+    Returns:
+        The new weight and bias (``bias`` unchanged unless folding needs one).
+    """
+    resolved = init if init is not None else default_stem_init(in_chans)
+    base = stem_in_chans(weight, layout)
+    if resolved != "sum" or stats is None or not stats.fits(base, in_chans):
+        return adapt_stem_weight(weight, in_chans, resolved, layout), bias
+    work = weight.float()
+    pixel = work / _columns(stats.std, layout, work)
+    new_pixel = adapt_stem_weight(pixel, in_chans, "sum", layout)
+    new_weight = (new_pixel * _columns(stats.new_std, layout, work)).to(weight.dtype)
+    if not stats.needs_bias():
+        return new_weight, bias
+    dims = tuple(range(1, work.dim()))
+    offset = (new_pixel * _columns(stats.new_mean, layout, work)).sum(dims) - (
+        pixel * _columns(stats.mean, layout, work)
+    ).sum(dims)
+    offset = offset.to(weight.dtype)
+    return new_weight, offset if bias is None else bias.detach() + offset
+
+
+def _columns(values: Sequence[float], layout: StemLayout, like: torch.Tensor) -> torch.Tensor:
+    """Per-channel ``values`` laid out along a stem weight's input dimension."""
+    column = torch.tensor(values, dtype=like.dtype, device=like.device)
+    if layout.fold > 1:
+        column = (
+            column.repeat(layout.fold)
+            if layout.channels_last
+            else column.repeat_interleave(layout.fold)
+        )
+    return column.reshape(1, -1, *([1] * (like.dim() - 2)))
+
+
 def check_stem(layer: nn.Module, path: str) -> nn.Module:
     """Return ``layer`` if zooadapt can change its input channels, else raise AdaptError."""
     conv = isinstance(layer, nn.modules.conv._ConvNd) and layer.groups == 1
@@ -195,10 +275,22 @@ def check_stem(layer: nn.Module, path: str) -> nn.Module:
     return layer
 
 
-def set_stem_weight(layer: nn.Module, weight: torch.Tensor) -> None:
-    """Install ``weight`` (already adapted) in the stem layer, in place."""
-    layer.weight = nn.Parameter(weight, requires_grad=layer.weight.requires_grad)
+def set_stem_weight(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Install ``weight`` and ``bias`` (``None``: no bias) in the stem layer, in place.
+
+    Parameters are installed as they are (so a revert restores the very objects); other
+    tensors become parameters as trainable as the layer's weight was.
+    """
+    trainable = layer.weight.requires_grad
+    layer.weight = _parameter(weight, trainable)
+    layer.bias = None if bias is None else _parameter(bias, trainable)
     if isinstance(layer, nn.Linear):
         layer.in_features = weight.shape[1]
     else:
         layer.in_channels = weight.shape[1]
+
+
+def _parameter(tensor: torch.Tensor, trainable: bool) -> nn.Parameter:
+    if isinstance(tensor, nn.Parameter):
+        return tensor
+    return nn.Parameter(tensor, requires_grad=trainable)
