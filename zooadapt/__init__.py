@@ -20,6 +20,7 @@ from zooadapt.errors import (
     AdaptError,
     AmbiguousFamilyError,
     CheckpointError,
+    DataError,
     FamilyNotFoundError,
     FreezeError,
     ModelNotFoundError,
@@ -30,7 +31,7 @@ from zooadapt.errors import (
     ZooAdaptError,
 )
 from zooadapt.hookspecs import hookimpl
-from zooadapt.types import Anatomy, Family, RenameRule, StemLayout, Weights, Zoo
+from zooadapt.types import Anatomy, DataConfig, Family, RenameRule, StemLayout, Weights, Zoo
 
 __version__ = "0.1.0"
 
@@ -47,11 +48,13 @@ _LAZY = {
     "anatomy": "zooadapt._core.anatomy",
     "bench": "zooadapt.bench",
     "build_on_meta": "zooadapt._core.meta",
+    "data_config": "zooadapt.data",
     "estimate_memory": "zooadapt.memory",
     "extract_features": "zooadapt.features",
     "first_conv": "zooadapt._core.trace",
     "freeze": "zooadapt.freeze",
     "freeze_state": "zooadapt.freeze",
+    "labels": "zooadapt.labels",
     "get_plugin_manager": "zooadapt._core.plugins",
     "list_models": "zooadapt._core.names",
     "load": "zooadapt.saving",
@@ -65,11 +68,13 @@ _LAZY = {
     "output_layer": "zooadapt._core.trace",
     "param_groups": "zooadapt.optim",
     "parse_bytes": "zooadapt.memory",
+    "predict": "zooadapt.predict",
     "read_state_dict": "zooadapt._core.files",
     "rewrap": "zooadapt._core.distributed",
     "save": "zooadapt.saving",
     "save_training": "zooadapt.training",
     "summary": "zooadapt.summary",
+    "transforms": "zooadapt.transforms",
     "unfreeze": "zooadapt.freeze",
     "unwrap": "zooadapt._core.distributed",
 }
@@ -94,7 +99,8 @@ def __dir__() -> list[str]:
 class _Package(ModuleType):
     """The package module, whose public functions win over submodules of the same name.
 
-    ``adapt``, ``bench``, ``freeze`` and ``summary`` stay the functions after their
+    ``adapt``, ``bench``, ``freeze``, ``labels``, ``predict``, ``summary`` and
+    ``transforms`` stay the functions after their
     submodules are imported (the import system sets the submodule as an attribute).
     """
 
@@ -113,6 +119,8 @@ __all__ = [
     "Anatomy",
     "BenchResult",
     "CheckpointError",
+    "DataConfig",
+    "DataError",
     "Family",
     "FamilyNotFoundError",
     "FeatureCache",
@@ -137,6 +145,7 @@ __all__ = [
     "anatomy",
     "bench",
     "build_on_meta",
+    "data_config",
     "estimate_memory",
     "extract_features",
     "first_conv",
@@ -144,6 +153,7 @@ __all__ = [
     "freeze_state",
     "get_plugin_manager",
     "hookimpl",
+    "labels",
     "list_models",
     "load",
     "load_freeze_state",
@@ -156,11 +166,13 @@ __all__ = [
     "output_layer",
     "param_groups",
     "parse_bytes",
+    "predict",
     "read_state_dict",
     "rewrap",
     "save",
     "save_training",
     "summary",
+    "transforms",
     "unfreeze",
     "unwrap",
 ]
