@@ -34,7 +34,7 @@ def one_error_line(result: subprocess.CompletedProcess[str], message: str) -> No
 def test_help_shows_an_example_of_every_command():
     result = run("--help")
     assert result.returncode == 0, result.stderr
-    for command in ("list", "info", "adapt", "weights", "plugins", "bench", "memory"):
+    for command in ("list", "info", "adapt", "predict", "weights", "plugins", "bench", "memory"):
         assert f"\n    {command} " in result.stdout, command  # listed with its help line
         assert f"\n  zooadapt {command} " in result.stdout, command  # and an example
 
@@ -77,7 +77,14 @@ def test_info_shows_family_head_stem_groups_and_weights():
     assert result.returncode == 0, result.stderr
     assert "family 'densenet'" in result.stdout and "stem: features.conv0" in result.stdout
     assert "classes: 1000  input: 3 channels, 224x224" in result.stdout
-    flags = {line.split()[0]: line.split()[-1] for line in result.stdout.splitlines()[5:11]}
+    lines = result.stdout.splitlines()
+    assert lines[4:8] == [
+        "data: mean (0.485, 0.456, 0.406)  std (0.229, 0.224, 0.225)",
+        "      bilinear, resize 256 (crop_pct 0.875), center crop 224x224",
+        "      from torchvision IMAGENET1K_V1 weights",
+        "labels: 1000: tench, goldfish, great white shark, tiger shark, hammerhead, ... (995 more)",
+    ]
+    flags = {line.split()[0]: line.split()[-1] for line in lines[9:15]}
     assert flags == {f"block{i}": "no" for i in (1, 2, 3)} | {
         "stem": "no",
         "block4": "yes",
@@ -264,3 +271,92 @@ def test_memory_and_bench_reject_bad_input_in_one_line():
         result = run(*args)
         assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+# -- the data side: classes, labels, predict -------------------------------------------------
+
+
+def _photos(tmp_path: Path) -> tuple[Path, Path]:
+    from PIL import Image
+    from skimage import data
+
+    cat, coffee = tmp_path / "cat.jpg", tmp_path / "coffee.png"
+    Image.fromarray(data.chelsea()).save(cat)
+    Image.fromarray(data.coffee()).save(coffee)
+    return cat, coffee
+
+
+def _hub_env(tmp_path: Path, real_mobilenet_file: Path) -> dict[str, str]:
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / real_mobilenet_file.name).symlink_to(real_mobilenet_file)
+    return {**os.environ, "TORCH_HOME": str(tmp_path), "ZOOADAPT_OFFLINE": "1"}
+
+
+def test_adapt_classes_then_predict_a_saved_checkpoint(tmp_path: Path, real_mobilenet_file):
+    env = _hub_env(tmp_path, real_mobilenet_file)
+    cat, coffee = _photos(tmp_path)
+    out = tmp_path / "three.safetensors"
+    adapting = run(
+        "adapt", "mobilenet_v2", "--pretrained", "IMAGENET1K_V1", "--classes",
+        "espresso,tabby,moped", "--out", str(out), env=env,
+    )  # fmt: skip
+    assert adapting.returncode == 0, adapting.stderr
+    assert read_metadata(out)["labels"] == ["espresso", "tabby", "moped"]
+    result = run("predict", str(out), str(cat), str(coffee), "--top-k", "2", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    ranked = json.loads(result.stdout)
+    assert [r["image"] for r in ranked] == [str(cat), str(coffee)]
+    assert [r["top"][0]["label"] for r in ranked] == ["tabby", "espresso"]
+    assert [r["top"][0]["index"] for r in ranked] == [1, 0]
+    for r in ranked:
+        probabilities = [p["probability"] for p in r["top"]]
+        assert len(probabilities) == 2 and probabilities[0] > 0.9 > probabilities[1] >= 0
+    text = run("predict", str(out), str(cat), "--top-k", "1", env=env)
+    assert text.returncode == 0 and text.stdout.splitlines()[1].endswith("  tabby")
+
+
+def test_predict_a_registry_name_with_its_pretrained_labels(tmp_path: Path, real_mobilenet_file):
+    env = _hub_env(tmp_path, real_mobilenet_file)
+    cat, coffee = _photos(tmp_path)
+    result = run("predict", "mobilenet_v2", "--pretrained", "IMAGENET1K_V1", str(coffee), env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{coffee}:" and len(lines) == 6 and lines[1].endswith("  espresso")
+    assert float(lines[1].split("%")[0]) > 90
+
+
+def test_predict_errors_are_one_line_and_indices_stand_in_for_labels(tmp_path: Path):
+    cat, _ = _photos(tmp_path)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    one_error_line(run("predict", "resnet18", "--pretrained", "none", str(broken)), "broken.jpg")
+    missing = run("predict", "resnet18", "--pretrained", "none", str(tmp_path / "nope.png"))
+    one_error_line(missing, "cannot read image")
+    assert "no such file" in missing.stderr
+    unnamed = run("predict", "resnet18", "--pretrained", "none", str(cat), "--top-k", "3")
+    assert unnamed.returncode == 0, unnamed.stderr
+    assert "has no class names; printing class indices" in unnamed.stderr
+    assert [line.split()[-2] for line in unnamed.stdout.splitlines()[1:]] == ["class"] * 3
+    one_error_line(run("predict", "resnet18", str(cat), "--top-k", "0"), "--top-k")
+
+
+def test_adapt_classes_file_and_statistics(tmp_path: Path):
+    names = tmp_path / "classes.txt"
+    names.write_text("road\nforest\n\nwater\n", encoding="utf-8")
+    out = tmp_path / "bands.safetensors"
+    result = run(
+        "adapt", "timm/resnet18", "--pretrained", "none", "--in-chans", "4", "--classes-file",
+        str(names), "--mean", ",,,0.3", "--std", ",,,0.1", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    info = read_metadata(out)
+    assert info["labels"] == ["road", "forest", "water"] and info["num_classes"] == 3
+    assert info["data_config"]["mean"] == [0.485, 0.456, 0.406, 0.3]
+    assert info["data_config"]["std"][3] == 0.1
+    both = run("adapt", "resnet18", "--classes", "a", "--classes-file", str(names))
+    one_error_line(both, "--classes or --classes-file")
+    one_error_line(run("adapt", "resnet18", "--classes-file", str(tmp_path / "x")), "x: cannot")
+    bad_mean = run("adapt", "resnet18", "--mean", "a,b")  # an argparse error: also one line
+    assert bad_mean.returncode == 1 and bad_mean.stderr.count("\n") == 1
+    assert "argument --mean: 'a,b' is not comma-separated numbers" in bad_mean.stderr

@@ -1,4 +1,4 @@
-"""The ``zooadapt`` command line: list, inspect, adapt, weights, plugins, bench, memory."""
+"""The ``zooadapt`` command line: list, info, adapt, predict, weights, plugins, bench, memory."""
 
 from __future__ import annotations
 
@@ -25,12 +25,14 @@ EPILOG = """examples:
   zooadapt info resnet50 --num-classes 10 --freeze backbone
   zooadapt adapt resnet152 --num-classes 10 --in-chans 1 --pretrained none
   zooadapt adapt resnet50 --num-classes 10 --freeze backbone --out resnet50-10.safetensors
+  zooadapt adapt mobilenet_v2 --classes tabby,espresso,moped --out three.safetensors
+  zooadapt predict three.safetensors cat.jpg coffee.png --top-k 2
   zooadapt weights timm/convnext_tiny
   zooadapt plugins --json
   zooadapt bench resnet50 --settings none,last,backbone --batch-size 16 --input-size 128
   zooadapt memory vit_b_16 --settings none,backbone --batch-size 32 --budget 24GiB
 
-add --json to list, info, weights, plugins and memory for output a script can parse;
+add --json to list, info, predict, weights, plugins and memory for output a script can parse;
 --debug (before the command) shows tracebacks.
 """
 
@@ -110,8 +112,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
         num_classes=args.num_classes,
         in_chans=args.in_chans,
         freeze=args.freeze,
-        pretrained=False,
-        device="meta",
+        device="meta",  # nothing is loaded; the default weights' data config and labels are read
     )
     info = _describe(model)
     info = {"model": ref.qualified, **info, "weights": _weights_dicts(available_weights(ref))}
@@ -122,6 +123,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print(f"head: {', '.join(info['head'])}\nstem: {', '.join(info['stems']) or None}")
     size = "x".join(str(v) for v in info["input_size"])
     print(f"classes: {info['num_classes']}  input: {info['in_chans']} channels, {size}")
+    print("\n".join(_data_lines(info)))
     print("\n".join(_group_lines(info)))
     print("\n".join(_weights_lines(ref.qualified, info["weights"])))
 
@@ -129,8 +131,11 @@ def _cmd_info(args: argparse.Namespace) -> None:
 def _describe(model: nn.Module) -> dict[str, Any]:
     """Family, plugin, head, stems and per-group parameter counts of ``model``."""
     from zooadapt._core.anatomy import anatomy
+    from zooadapt.data import data_config
+    from zooadapt.labels import labels
 
     anat = anatomy(model)
+    class_names = labels(model)
     params = dict(model.named_parameters())
     groups = []
     for group, names in anat.groups.items():
@@ -155,10 +160,38 @@ def _describe(model: nn.Module) -> dict[str, Any]:
         "in_chans": anat.in_chans,
         "spatial_dims": anat.spatial_dims,
         "input_size": list(anat.input_size),
+        "data_config": data_config(model).as_dict(),
+        "labels": None if class_names is None else list(class_names),
         "groups": groups,
         "parameters": sum(g["parameters"] for g in groups),
         "trainable_parameters": sum(g["trainable_parameters"] for g in groups),
     }
+
+
+#: Class names that ``info`` prints before summarising the rest.
+SHOWN_LABELS = 5
+
+
+def _data_lines(info: dict[str, Any]) -> list[str]:
+    """The data config and the labels, as ``info`` prints them."""
+    from zooadapt.types import DataConfig
+
+    config = DataConfig.from_dict(info["data_config"])
+    numbers = lambda values: ", ".join(f"{v:.4g}" for v in values)  # noqa: E731
+    sizes = lambda values: "x".join(str(v) for v in values)  # noqa: E731
+    names = info["labels"]
+    if names is None:
+        shown = "unknown (predictions print class indices)"
+    else:
+        more = f", ... ({len(names) - SHOWN_LABELS} more)" if len(names) > SHOWN_LABELS else ""
+        shown = f"{len(names)}: " + ", ".join(names[:SHOWN_LABELS]) + more
+    return [
+        f"data: mean ({numbers(config.mean)})  std ({numbers(config.std)})",
+        f"      {config.interpolation}, resize {sizes(config.resize)} (crop_pct "
+        f"{config.crop_pct:.4g}), {config.crop_mode} crop {sizes(config.spatial_size)}",
+        f"      from {config.source}",
+        f"labels: {shown}",
+    ]
 
 
 def _group_lines(info: dict[str, Any]) -> list[str]:
@@ -257,11 +290,15 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
     from zooadapt.summary import summary
 
     out = _check_out(args.out) if args.out is not None else None
+    classes = _classes(args.classes, args.classes_file)
     model = adapt(
         args.model,
         num_classes=args.num_classes,
         in_chans=args.in_chans,
         stem_init=args.stem_init,
+        classes=classes,
+        mean=args.mean,
+        std=args.std,
         pretrained=_pretrained(args.pretrained),
         freeze=args.freeze,
         trust_pickle=args.trust_pickle,
@@ -269,6 +306,42 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
     print(summary(model))
     if out is not None:
         print(f"saved {_save(model, out)}")
+
+
+def _classes(listed: list[str | int] | None, file: str | None) -> list[str | int] | None:
+    """``--classes`` or the lines of ``--classes-file`` (not both)."""
+    if listed is not None and file is not None:
+        raise AdaptError("give --classes or --classes-file, not both")
+    if file is None:
+        return listed
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise AdaptError(f"--classes-file {file}: cannot read it ({err})") from err
+    entries = [_class(line.strip()) for line in text.splitlines() if line.strip()]
+    if not entries:
+        raise AdaptError(f"--classes-file {file} lists no classes (one name per line)")
+    return entries
+
+
+def _class(value: str) -> str | int:
+    """A class index when all digits, else a class name."""
+    return int(value) if value.isdigit() else value
+
+
+def _class_list(value: str) -> list[str | int]:
+    entries = [_class(item.strip()) for item in value.split(",") if item.strip()]
+    if not entries:
+        raise argparse.ArgumentTypeError("empty class list; give names or indices: tabby,cup,3")
+    return entries
+
+
+def _floats(value: str) -> list[float | None]:
+    """``0.485,0.456,0.406,0.3``; an empty entry keeps the derived value (``,,,0.3``)."""
+    try:
+        return [float(v) if v.strip() else None for v in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not comma-separated numbers") from None
 
 
 def _check_out(out: str) -> Path:
@@ -293,6 +366,44 @@ def _save(model: nn.Module, path: Path) -> Path:
         raise
     except Exception as err:  # noqa: BLE001 - OSError, safetensors' own error, ...
         raise CheckpointError(f"cannot write {path}: {err}") from err
+
+
+# -- predict ---------------------------------------------------------------------------------
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from zooadapt.labels import labels
+    from zooadapt.predict import predict, read_image
+
+    if args.top_k < 1:
+        raise AdaptError(f"--top-k must be positive, got {args.top_k}")
+    images = [read_image(path) for path in args.images]  # every file before the model
+    model = _predictor(args.model, args.pretrained)
+    if labels(model) is None:
+        print(f"zooadapt: {args.model} has no class names; printing class indices", file=sys.stderr)
+    results = predict(model, images, top_k=args.top_k)
+    if args.json:
+        _print_json(
+            [
+                {"image": path, "top": [vars(p) for p in ranked]}
+                for path, ranked in zip(args.images, results, strict=True)
+            ]
+        )
+        return
+    for path, ranked in zip(args.images, results, strict=True):
+        print(f"{path}:")
+        for p in ranked:
+            print(f"  {p.probability:7.2%}  {p.name}")
+
+
+def _predictor(source: str, pretrained: str) -> nn.Module:
+    """A saved checkpoint (a path) or a registry model with its pretrained weights."""
+    from zooadapt.adapt import adapt
+    from zooadapt.saving import load
+
+    if source.endswith(SUFFIX) or Path(source).is_file():
+        return load(source)
+    return adapt(source, pretrained=_pretrained(pretrained))
 
 
 # -- plugins ---------------------------------------------------------------------------------
@@ -473,11 +584,36 @@ def _add_adapt(commands: Any) -> None:
         action="store_true",
         help="unpickle any object in a --pretrained file (only for files you trust)",
     )
+    adapting.add_argument(
+        "--classes",
+        type=_class_list,
+        metavar="A,B,C",
+        help="class names or indices for the new head; pretrained ones keep their head rows",
+    )
+    adapting.add_argument("--classes-file", metavar="FILE", help="class names, one per line")
+    adapting.add_argument(
+        "--mean", type=_floats, metavar="M,...", help="per-channel means of your data (,,,0.3)"
+    )
+    adapting.add_argument("--std", type=_floats, metavar="S,...", help="per-channel stds")
     _add_freeze(adapting)
     adapting.add_argument(
         "--out", metavar=f"FILE{SUFFIX}", help="write a checkpoint that za.load rebuilds"
     )
     adapting.set_defaults(run=_cmd_adapt)
+
+
+def _add_predict(commands: Any) -> None:
+    predicting = commands.add_parser(
+        "predict", help="top-k classes of image files, by a saved checkpoint or a registry model"
+    )
+    predicting.add_argument("model", metavar="MODEL_OR_FILE", help=f"a name or a {SUFFIX} file")
+    predicting.add_argument("images", nargs="+", metavar="IMAGE")
+    predicting.add_argument("--top-k", type=int, default=5)
+    predicting.add_argument(
+        "--pretrained", default="default", help="for a name: default, a weights tag, or a file"
+    )
+    predicting.add_argument("--json", action="store_true", help="print a JSON list")
+    predicting.set_defaults(run=_cmd_predict)
 
 
 def _add_weights(commands: Any) -> None:
@@ -539,6 +675,7 @@ def _parser() -> argparse.ArgumentParser:
         _add_list,
         _add_info,
         _add_adapt,
+        _add_predict,
         _add_weights,
         _add_plugins,
         _add_bench,

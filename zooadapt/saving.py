@@ -1,8 +1,8 @@
 """Self-describing adapted checkpoints, written atomically.
 
 ``za.save`` writes safetensors whose metadata says how to rebuild the model (registry
-name, builder arguments, class count, input channels); ``za.load`` rebuilds it from that
-alone.
+name, builder arguments, class count, input channels) and how to use it (its data config
+and class names); ``za.load`` rebuilds it from that alone.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from zooadapt._core.distributed import full_state_dict, is_writer, unwrap
 from zooadapt._core.files import atomic_write, check_regular_file
 from zooadapt._core.plugins import PluginManager
 from zooadapt.adapt import adapt, adapted_from
-from zooadapt.errors import CheckpointError, FamilyNotFoundError
-from zooadapt.types import Family
+from zooadapt.data import data_config, record_config
+from zooadapt.errors import CheckpointError, DataError, FamilyNotFoundError
+from zooadapt.labels import labels, record_labels
+from zooadapt.types import DataConfig, Family
 
 __all__ = [
     "checksum",
@@ -49,10 +51,13 @@ def describe_adapted(
     family: str | Family | None = None,
     plugin_manager: PluginManager | None = None,
 ) -> dict[str, Any]:
-    """How to rebuild ``model``: registry name, builder arguments, classes, channels.
+    """How to rebuild and use ``model``: name, builder arguments, classes, data config.
 
-    Read from :func:`zooadapt.anatomy`; a model no family understands is described by
-    its class alone (``family``, ``num_classes`` and ``in_chans`` are ``None``).
+    The record holds the registry name, builder arguments, class count, input channels,
+    data config and labels. Read from :func:`zooadapt.anatomy`, :func:`zooadapt.data_config` and
+    :func:`zooadapt.labels`; a model no family understands is described by its class
+    alone (``family``, ``num_classes``, ``in_chans``, ``data_config``, ``labels`` are
+    ``None``).
     """
     model = unwrap(model)
     origin = adapted_from(model) or {}
@@ -69,7 +74,13 @@ def describe_adapted(
         "family": anat.family if anat else None,
         "num_classes": anat.num_classes if anat else None,
         "in_chans": anat.in_chans if anat else None,
+        "data_config": data_config(model).as_dict() if anat else None,
+        "labels": _list(labels(model)) if anat else None,
     }
+
+
+def _list(names: tuple[str, ...] | None) -> list[str] | None:
+    return None if names is None else list(names)
 
 
 def save(
@@ -204,6 +215,8 @@ _FIELDS = {
     "num_classes": (int, type(None)),
     "in_chans": (int, type(None)),
 }
+#: Fields written since the data side was added; files without them load without them.
+_OPTIONAL_FIELDS = {"data_config": (dict, type(None)), "labels": (list, type(None))}
 
 
 def _checked_metadata(path: str | os.PathLike[str], info: object) -> dict[str, Any]:
@@ -214,13 +227,28 @@ def _checked_metadata(path: str | os.PathLike[str], info: object) -> dict[str, A
             f"{path} has zooadapt format {info.get('format')!r}; this zooadapt "
             f"({_version()}) reads {FORMAT!r}: upgrade zooadapt to load it"
         )
-    for name, kind in _FIELDS.items():
+    for name, kind in [*_FIELDS.items(), *_OPTIONAL_FIELDS.items()]:
         if not isinstance(info.get(name), kind):
             raise CheckpointError(
                 f"{path}: zooadapt metadata field {name!r} is {info.get(name)!r}; the file "
                 "is damaged"
             )
+    names = info.get("labels")
+    if names is not None and not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{path}: zooadapt metadata field 'labels' holds non-strings")
+    _read_config(path, info.get("data_config"))
     return info
+
+
+def _read_config(path: str | os.PathLike[str], values: dict[str, Any] | None) -> DataConfig | None:
+    if values is None:
+        return None
+    try:
+        return DataConfig.from_dict(values)
+    except DataError as err:
+        raise CheckpointError(
+            f"{path}: its zooadapt metadata field 'data_config' is invalid: {err}"
+        ) from err
 
 
 def load(
@@ -263,8 +291,11 @@ def rebuild(
     device: str | torch.device | None = None,
     plugin_manager: PluginManager | None = None,
 ) -> nn.Module:
-    """Adapt the registry model that :func:`describe_adapted` described, loading ``path``."""
-    return adapt(
+    """Adapt the registry model that :func:`describe_adapted` described, loading ``path``.
+
+    The data config and labels the file records are restored on the model.
+    """
+    model = adapt(
         info["model"],
         num_classes=info["num_classes"],
         in_chans=info["in_chans"],
@@ -273,3 +304,9 @@ def rebuild(
         plugin_manager=plugin_manager,
         **info["model_kwargs"],
     )
+    config = _read_config(path, info.get("data_config"))
+    if config is not None:
+        record_config(model, config)
+    if "labels" in info:
+        record_labels(model, info["labels"])
+    return model
