@@ -33,3 +33,11 @@ def test_fit_speed_and_cache_examples_run():
         exec(compile("import zooadapt as za\n" + block, "README.md", "exec"), namespace)
     assert namespace["est"].total > namespace["est"].params > 0
     assert namespace["cache"].num_samples == 12
+
+
+def test_data_side_example_prints_what_it_says(capsys, cached_mobilenet, offline):
+    section = README.split("## The data side", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile("import zooadapt as za\n" + block, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["('tabby', 'espresso', 'my cat')", "tabby", "[0.449, 0.226]"]

@@ -609,3 +609,23 @@ def test_a_head_that_does_not_produce_the_output() -> None:
         "[head] the layer that produces the output is 'fc', not the declared head 'body': "
         "point head at 'fc'"
     ]
+
+
+def test_a_data_config_and_labels_that_do_not_fit_the_model() -> None:
+    config = za.DataConfig((4, 64, 64), (0.5,) * 4, (0.25,) * 4)
+    assert problems(net_family(data_config=config, labels=("cat", "dog", "owl"))) == [
+        "[data] Family.data_config has input_size (4, 64, 64); the model reads (3, 64, 64): "
+        "give (channels, *spatial) of the pretrained input",
+        "[data] Family.labels has 3 names for a head of 2 classes",
+    ]
+    fitting = za.DataConfig((3, 64, 64), (0.5,) * 3, (0.25,) * 3)
+    assert check_family(net_family(data_config=fitting, labels=("cat", "dog")), Net).ok
+
+
+def test_a_data_config_function_that_raises_is_reported() -> None:
+    def broken(model: nn.Module) -> za.DataConfig:
+        raise KeyError("mean")
+
+    found = problems(net_family(data_config=broken))
+    assert found[0] == "[data] Family.data_config raised KeyError: 'mean'"
+    assert "failed in family 'net' (data_config): KeyError('mean')" in found[1]  # za.adapt

@@ -80,7 +80,8 @@ def check_family(
     Checks that the family owns the model (it is the family ``za.anatomy`` picks, or at
     least claims it); that every head path exists and is an ``nn.Linear`` or 1x1
     convolution (or the family has ``reset_head``); that every stem path exists, is an
-    adaptable layer and reads the input's channels; that every group regex matches a
+    adaptable layer and reads the input's channels; that a declared ``data_config`` fits
+    the input and declared ``labels`` the head's class count; that every group regex matches a
     parameter, every parameter is in exactly one group, and the last group holds exactly
     the head's parameters; that every rename rule is idempotent and, given
     ``rules_checkpoint``, maps its keys onto the model's; that ``za.adapt(model,
@@ -159,6 +160,7 @@ def family_report(
     if heads and all(is_replaceable_head(ctx.model.get_submodule(h)) for h in heads):
         _check_output(ctx, heads)  # a headless model's output comes from before its head
     stems = _check_stems(ctx, input_shape)
+    _check_data(ctx, heads, input_shape)
     assigned = _check_groups(ctx, heads)
     _check_rename_rules(ctx, rules_checkpoint)
     if heads is None or stems is None or not assigned:
@@ -326,6 +328,29 @@ def _check_stem(ctx: _Context, path: str, layout: StemLayout, channels: int | No
 
 
 # -- groups --------------------------------------------------------------------------------
+
+
+def _check_data(ctx: _Context, heads: tuple[str, ...] | None, shape: Sequence[int]) -> None:
+    """A declared data config fits the input, declared labels fit the head."""
+    fam, model = ctx.family, ctx.model
+    config = _attempt(ctx.report, "data", "Family.data_config", lambda: fam.data_config_of(model))
+    if config not in (None, _FAILED) and (
+        config.in_chans != shape[1] or len(config.spatial_size) != len(shape) - 2
+    ):
+        ctx.report.add(
+            "data",
+            f"Family.data_config has input_size {config.input_size}; the model reads "
+            f"{tuple(shape[1:])}: give (channels, *spatial) of the pretrained input",
+        )
+    names = _attempt(ctx.report, "data", "Family.labels", lambda: fam.labels_of(model))
+    if names in (None, _FAILED) or not heads:
+        return
+    head = ctx.model.get_submodule(heads[0])
+    count = head_out_features(head) if is_replaceable_head(head) else None
+    if count is not None and len(names) != count:
+        ctx.report.add(
+            "data", f"Family.labels has {len(names)} names for a head of {count} classes"
+        )
 
 
 def _check_groups(ctx: _Context, heads: tuple[str, ...] | None) -> bool:
