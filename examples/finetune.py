@@ -19,13 +19,18 @@ The same commands run unchanged on several processes (DistributedDataParallel):
     torchrun --nproc-per-node 2 examples/finetune.py --dataset digits --epochs 3
 
 ``--data`` is an ImageFolder directory: ``train/`` and ``val/`` class folders if it has
-them, else one folder of class folders split 80/20. Needs ``pip install scikit-learn`` for
-``--dataset digits``; shows progress bars when tqdm is installed.
+them, else one folder of class folders split 80/20. The folder names become the model's
+class names (``za.labels``, kept by ``za.save``); a name the pretrained weights know keeps
+its pretrained head row. Images are fed through ``za.transforms(model)``: the statistics of
+the adapted model (gray ones for the digits), at ``--size`` when given. Needs
+``pip install scikit-learn`` for ``--dataset digits``; shows progress bars when tqdm is
+installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,7 +40,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset, random_split
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 import zooadapt as za
 from zooadapt.freeze import FreezeSpec
@@ -44,9 +49,6 @@ try:
     from tqdm import tqdm
 except ImportError:  # progress bars are optional
     tqdm = None
-
-GRAY_MEAN, GRAY_STD = 0.449, 0.226  # ImageNet's mean and std averaged over RGB
-RGB_MEAN, RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--feature-cache", action="store_true", help="train the head on cache")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--size", type=int, help="image side (default: the model's; 64 for digits)")
     parser.add_argument("--limit", type=int, help="use at most N train and N test images")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -90,38 +92,59 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     return dist.get_rank(), world, torch.device(device)
 
 
-def load_digits(size: int, seed: int) -> tuple[Dataset, Dataset, int, int]:
-    """scikit-learn's digits upscaled to ``size`` px, 1 channel, a fixed 80/20 split."""
+#: Side the 8x8 digits are upscaled to unless ``--size`` says otherwise.
+DIGITS_SIZE = 64
+
+
+def digits_classes() -> tuple[list[str], int]:
+    """The digits' class names and channels."""
+    return [str(digit) for digit in range(10)], 1
+
+
+def folder_classes(root: Path) -> tuple[list[str], int]:
+    """An ImageFolder's class names (its sub-folders, sorted) and channels (RGB)."""
+    from torchvision.datasets.folder import find_classes
+
+    return find_classes(root / "train" if (root / "train").is_dir() else root)[0], 3
+
+
+def preprocessing(model: nn.Module, size: int | None, train: bool = False):
+    """``za.transforms(model)``, at ``size`` pixels when given."""
+    config = za.data_config(model)
+    if size is not None:
+        config = dataclasses.replace(
+            config, input_size=(config.in_chans, size, size), resize_size=None
+        )
+    return za.transforms(config=config, train=train)
+
+
+def load_digits(model: nn.Module, size: int | None, seed: int) -> tuple[Dataset, Dataset]:
+    """scikit-learn's digits (8x8, values 0..16) through the model's eval transforms."""
     from sklearn.datasets import load_digits as digits
     from sklearn.model_selection import train_test_split
 
     bunch = digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    x = (x - GRAY_MEAN) / GRAY_STD
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = preprocessing(model, size or DIGITS_SIZE)(images)  # batched: resize, crop, normalise
     y = torch.tensor(bunch.target)
     train, test = train_test_split(range(len(y)), test_size=0.2, random_state=seed, stratify=y)
-    return TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test]), 10, 1
+    return TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test])
 
 
-def load_folder(root: Path, size: int, seed: int) -> tuple[Dataset, Dataset, int, int]:
+def load_folder(
+    model: nn.Module, root: Path, size: int | None, seed: int
+) -> tuple[Dataset, Dataset]:
     """An ImageFolder: ``train/`` and ``val/`` (or ``test/``), else split 80/20."""
-    from torchvision import datasets, transforms
+    from torchvision import datasets
 
-    tf = transforms.Compose(
-        [
-            transforms.Resize((size, size)),
-            transforms.ToTensor(),
-            transforms.Normalize(RGB_MEAN, RGB_STD),
-        ]
-    )
+    augment, plain = preprocessing(model, size, train=True), preprocessing(model, size)
     held_out = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and held_out is not None:
-        train = datasets.ImageFolder(root / "train", tf)
-        return train, datasets.ImageFolder(held_out, tf), len(train.classes), 3
-    whole = datasets.ImageFolder(root, tf)
-    split = random_split(whole, [0.8, 0.2], generator=torch.Generator().manual_seed(seed))
-    return split[0], split[1], len(whole.classes), 3
+        return datasets.ImageFolder(root / "train", augment), datasets.ImageFolder(held_out, plain)
+    train, test = datasets.ImageFolder(root, augment), datasets.ImageFolder(root, plain)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
+    cut = int(0.8 * len(order))
+    return torch.utils.data.Subset(train, order[:cut]), torch.utils.data.Subset(test, order[cut:])
 
 
 def limited(data: Dataset, limit: int | None) -> Dataset:
@@ -138,11 +161,11 @@ def spec(text: str) -> FreezeSpec:
     return text.split(",") if "," in text else text
 
 
-def build_model(args: argparse.Namespace, num_classes: int, in_chans: int) -> nn.Module:
-    """Adapt the zoo model to the data and freeze what ``--freeze`` says."""
+def build_model(args: argparse.Namespace, classes: list[str], in_chans: int) -> nn.Module:
+    """Adapt the zoo model to the data's classes and channels, freeze what ``--freeze`` says."""
     lowered = args.pretrained.lower()
     pretrained = {"none": False, "default": True}.get(lowered, args.pretrained)
-    model = za.adapt(args.model, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained)
+    model = za.adapt(args.model, classes=classes, in_chans=in_chans, pretrained=pretrained)
     return za.freeze(model, spec(args.freeze), bn=args.bn)  # "none" freezes nothing
 
 
@@ -246,12 +269,14 @@ def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
     rank, world, device = setup_distributed(args.device)
     torch.manual_seed(args.seed)
+    classes, chans = folder_classes(args.data) if args.data is not None else digits_classes()
+    model = build_model(args, classes, chans)
     if args.data is not None:
-        train, test, classes, chans = load_folder(args.data, args.size, args.seed)
+        train, test = load_folder(model, args.data, args.size, args.seed)
     else:
-        train, test, classes, chans = load_digits(args.size, args.seed)
+        train, test = load_digits(model, args.size, args.seed)
     train, test = limited(train, args.limit), limited(test, args.limit)
-    model = build_model(args, classes, chans).to(device)
+    model = model.to(device)
     sampler = DistributedSampler(train, seed=args.seed) if world > 1 else None
     shuffle = torch.Generator().manual_seed(args.seed)
     loader = DataLoader(

@@ -103,6 +103,8 @@ def test_info_json_applies_classes_and_freeze_and_lists_weights():
         "mobilenet",
     )
     assert info["head"] == ["classifier.1"] and info["stems"] == ["features.0.0"]
+    assert info["data_config"]["resize_size"] == [232]  # the default weights, IMAGENET1K_V2
+    assert info["labels"] is None  # a new head of 3 classes: names unknown
     groups = {group["name"]: group for group in info["groups"]}
     assert list(groups)[-1] == "head" and groups["head"]["parameters"] == 1280 * 3 + 3
     assert {name: g["trainable"] for name, g in groups.items()} == {

@@ -536,3 +536,15 @@ def test_classes_with_a_checkpoint_keep_the_checkpoints_rows(tmp_path):
     assert za.labels(model) == ("5", "2", "extra")
     with pytest.raises(za.AdaptError, match="load it first"):
         za.adapt(za.adapt("resnet18", pretrained=False), pretrained=path, classes=[1])
+
+
+def test_a_training_checkpoint_keeps_labels_and_data_config(tmp_path):
+    model = za.adapt(
+        "timm/resnet18", pretrained=False, in_chans=2, classes=["tabby", "new"], device="meta"
+    ).to_empty(device="cpu")
+    optimizer = za.optimizer(model, lr=1e-3)
+    path = za.save_training(model, tmp_path / "run.pt", optimizer)
+    resumed = za.load_training(path).model
+    assert za.labels(resumed) == ("tabby", "new")
+    assert za.data_config(resumed) == za.data_config(model)
+    assert za.data_config(resumed).input_size == (2, 224, 224)

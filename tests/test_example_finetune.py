@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import zooadapt as za
 
@@ -49,3 +50,26 @@ def test_feature_cache_needs_a_frozen_backbone() -> None:
     result = run("--feature-cache", "--unfreeze-at", "1:layer4")
     assert result.returncode == 2
     assert "--feature-cache needs --freeze backbone" in result.stderr
+
+
+def test_finetune_on_an_image_folder_saves_its_class_names(tmp_path: Path) -> None:
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for name in ("tabby", "road", "water"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(5):
+            pixels = torch.randint(0, 256, (40, 48, 3), dtype=torch.uint8, generator=generator)
+            Image.fromarray(pixels.numpy()).save(tmp_path / "photos" / name / f"{i}.png")
+    out = tmp_path / "folder.safetensors"
+    command = [*TINY[:4], "--data", str(tmp_path / "photos"), "--epochs", "1", "--out", str(out)]
+    env = {**os.environ, "ZOOADAPT_OFFLINE": "1", "WORLD_SIZE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *command, "--size", "32", "--batch-size", "4"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(3 images, resnet18)" in result.stdout  # 20% of 15 held out
+    model = za.load(out)
+    assert za.labels(model) == ("road", "tabby", "water")
+    assert za.data_config(model).mean == (0.485, 0.456, 0.406)

@@ -368,12 +368,12 @@ def _labels_after(
     """Head rows ``classes`` keeps (``None``: no request) and the labels afterwards.
 
     A checkpoint's classes are unknown (``known=False``): its labels are not guessed.
+    (``classes`` never comes with a checkpoint: its rows are chosen once it is loaded.)
     """
     current = labels(model) if known else None
     if request.classes is not None:
         name = f"{type(model).__qualname__} (family {anat.family!r})"
-        count = num_classes if num_classes is not None and not known else anat.num_classes
-        return resolve_classes(request.classes, current, count, name)
+        return resolve_classes(request.classes, current, anat.num_classes, name)
     if num_classes is not None and num_classes != anat.num_classes:
         return None, None
     return None, current
