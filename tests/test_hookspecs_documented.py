@@ -7,6 +7,7 @@ has an example, and some test implements or calls it.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import pytest
 
 import zooadapt as za
 from zooadapt import hookspecs
+from zooadapt.types import Family, Zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "writing-a-plugin.md"
@@ -145,3 +147,10 @@ def test_the_guide_quotes_the_example_verbatim() -> None:
 )
 def test_the_guide_covers(topic: str) -> None:
     assert topic in guide()
+
+
+@pytest.mark.parametrize("cls", [Family, Zoo])
+def test_the_guide_has_a_row_for_every_field(cls: type) -> None:
+    text = GUIDE.read_text(encoding="utf-8")
+    missing = [f.name for f in dataclasses.fields(cls) if f"| `{f.name}` |" not in text]
+    assert not missing, f"docs/writing-a-plugin.md has no table row for {cls.__name__}.{missing}"

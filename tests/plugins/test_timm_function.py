@@ -7,6 +7,7 @@ in float64 (see ``test_torchvision_function.py`` for the tolerance).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -70,15 +71,47 @@ def _image(channels: int, size: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_one_channel_sum_gives_the_logits_of_the_gray_image_replicated(
-    family, checkpoints, logits, assert_same_logits
+    family, checkpoints, logits, assert_same_logits, normalise, equal_means
 ):
+    """On normalised input: the gray channel's statistics are folded into the stem(s)."""
     arch, size = REPRESENTATIVES[family]
     original, path = checkpoints(arch)
-    model = za.adapt(f"timm/{arch}", in_chans=1, pretrained=path)
+    model = za.adapt(f"timm/{arch}", pretrained=path, **equal_means)  # what the weights expect
+    za.adapt(model, in_chans=1)
     assert za.anatomy(model).family.startswith("timm")
+    config = za.data_config(model)
+    assert config.mean == (0.45,) and config.std == pytest.approx((0.25,))
     gray = _image(1, size, seed=1)
-    expected = logits(original, gray.expand(-1, 3, -1, -1))
-    assert_same_logits(logits(model, gray), expected)
+    expected = logits(original, normalise(gray.expand(-1, 3, -1, -1), **equal_means))
+    assert_same_logits(logits(model, normalise(gray, config.mean, config.std)), expected)
+
+
+def test_one_channel_sum_with_timms_statistics_is_exact_inside_every_conv_stem(
+    checkpoints, normalise
+):
+    """timm's own (ImageNet) means differ: the offsets become a bias, exact without padding."""
+    checked = []
+    for family in FAMILIES:
+        arch, size = REPRESENTATIVES[family]
+        original, path = checkpoints(arch)
+        model = za.adapt(f"timm/{arch}", in_chans=1, pretrained=path)  # folded by the loader
+        before, after = za.data_config(original), za.data_config(model)
+        if len(set(before.mean)) == 1:
+            continue  # equal means: nothing to fold into a bias (the test above)
+        for stem in za.anatomy(model).stems:
+            layers = [copy.deepcopy(m.get_submodule(stem)).float() for m in (original, model)]
+            if not isinstance(layers[0], torch.nn.Conv2d) or layers[0].groups != 1:
+                continue
+            for layer in layers:
+                layer.padding = (0, 0)
+            gray = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(3))
+            with torch.no_grad():
+                want = layers[0](normalise(gray.expand(-1, 3, -1, -1), before.mean, before.std))
+                got = layers[1](normalise(gray, after.mean, after.std))
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=f"{family} {stem}")
+            assert layers[1].bias is not None, family
+            checked.append(family)
+    assert len(set(checked)) >= 8, checked
 
 
 @pytest.mark.parametrize("family", FAMILIES)
