@@ -31,7 +31,16 @@ from zooadapt.errors import (
     ZooAdaptError,
 )
 from zooadapt.hookspecs import hookimpl
-from zooadapt.types import Anatomy, DataConfig, Family, RenameRule, StemLayout, Weights, Zoo
+from zooadapt.types import (
+    Adaptation,
+    Anatomy,
+    DataConfig,
+    Family,
+    RenameRule,
+    StemLayout,
+    Weights,
+    Zoo,
+)
 
 __version__ = "0.1.0"
 
@@ -115,6 +124,7 @@ sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "AdaptError",
+    "Adaptation",
     "AmbiguousFamilyError",
     "Anatomy",
     "BenchResult",

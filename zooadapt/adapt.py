@@ -18,7 +18,7 @@ from zooadapt._core.distributed import unwrap
 from zooadapt._core.files import read_state_dict
 from zooadapt._core.meta import build_on_meta, gc_paused
 from zooadapt._core.names import ModelRef, resolve_name
-from zooadapt._core.plan import CheckpointStem, plan_surgery
+from zooadapt._core.plan import CheckpointStem, Plan, plan_surgery, plan_sync
 from zooadapt._core.plugins import PluginManager, get_plugin_manager
 from zooadapt._core.pretrained import ensure_local, select_weights
 from zooadapt._core.surgery import StemInit, StemStats, default_stem_init, stem_in_chans
@@ -37,9 +37,9 @@ from zooadapt.loading import (
     rename_keys,
     stem_channels,
 )
-from zooadapt.types import Anatomy, DataConfig, Family, Weights
+from zooadapt.types import Adaptation, Anatomy, DataConfig, Family, Weights
 
-__all__ = ["adapt", "adapted_from"]
+__all__ = ["adapt", "adapted_from", "sync_config"]
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")
 _ORIGIN = "_zooadapt_origin"
@@ -161,6 +161,18 @@ def adapt(
 def adapted_from(model: nn.Module) -> dict[str, Any] | None:
     """The registry name and builder arguments ``adapt`` built ``model`` from, if any."""
     return getattr(unwrap(model), _ORIGIN, None)
+
+
+def sync_config(model: nn.Module) -> None:
+    """Bring the model's own configuration in line with what it is now (``Family.sync``).
+
+    ``za.load`` calls it once it has restored the labels a file records.
+    """
+    model = unwrap(model)
+    declared, anat = describe(model)
+    plan = Plan()
+    plan_sync(plan, model, declared, Adaptation(anat.num_classes, anat.in_chans, labels(model)))
+    plan.apply(model)
 
 
 def _check_count(name: str, value: object) -> None:
@@ -335,6 +347,8 @@ def _adapt_in_place(
         stats=stats,
         checkpoint=saved,
     )
+    after_state = Adaptation(num_classes or anat.num_classes, in_chans or anat.in_chans, new_labels)
+    plan_sync(plan, model, declared, after_state)
     if request.freeze is not None:  # validate the spec before anything changes
         select_frozen(anat.groups, request.freeze, [n for n, _ in model.named_parameters()])
     targets = Targets.of(anat, request.stem_init, new_heads=plan.replaces_heads, stats=stats)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from zooadapt._core.anatomy import anatomy, spatial_size
+from zooadapt._core.calling import caller
 from zooadapt._core.distributed import unwrap
 from zooadapt._core.meta import meta_copy
 from zooadapt._core.plugins import PluginManager
@@ -362,12 +363,12 @@ def _train_step(
     config: _Config,
 ) -> Callable[[], None]:
     scaler = torch.amp.GradScaler(enabled=config.amp == "fp16" and config.device.type == "cuda")
-    loss = _loss_of(y)
+    loss, run = _loss_of(y), caller(model)
 
     def step() -> None:
         model.train()
         with _autocast(config):
-            value = loss(model(x))
+            value = loss(run(x))
         scaler.scale(value).backward()
         scaler.step(opt)
         scaler.update()
@@ -377,10 +378,12 @@ def _train_step(
 
 
 def _inference_step(model: nn.Module, x: torch.Tensor, config: _Config) -> Callable[[], None]:
+    run = caller(model)
+
     def step() -> None:
         model.eval()
         with torch.inference_mode(), _autocast(config):
-            model(x)
+            run(x)
 
     return step
 

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from zooadapt._core.anatomy import anatomy, class_name
+from zooadapt._core.calling import caller
 from zooadapt._core.distributed import unwrap
 from zooadapt._core.files import atomic_write
 from zooadapt._core.plugins import PluginManager
@@ -604,7 +605,7 @@ def _capture(
     model, device = run
     inputs, targets = _pair(batch, index)
     try:
-        model(inputs.to(device, non_blocking=True))
+        caller(model)(inputs.to(device, non_blocking=True))
     except _HeadReached as reached:
         features = reached.features
     else:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zooadapt._core.calling import caller
 from zooadapt._core.distributed import unwrap
 from zooadapt._core.plugins import PluginManager
 from zooadapt.errors import DataError
@@ -97,11 +98,11 @@ def predict(
     factory = (
         {"device": parameter.device, "dtype": parameter.dtype} if parameter is not None else {}
     )
-    was_training = model.training
+    was_training, run = model.training, caller(model)
     model.eval()
     try:
         logits = [
-            model(torch.stack(batch[i : i + BATCH]).to(**factory)).float()
+            run(torch.stack(batch[i : i + BATCH]).to(**factory)).float()
             for i in range(0, len(batch), BATCH)
         ]
     finally:

@@ -20,7 +20,7 @@ from zooadapt._core.anatomy import anatomy, class_name
 from zooadapt._core.distributed import full_state_dict, is_writer, unwrap
 from zooadapt._core.files import atomic_write, check_regular_file
 from zooadapt._core.plugins import PluginManager
-from zooadapt.adapt import adapt, adapted_from
+from zooadapt.adapt import adapt, adapted_from, sync_config
 from zooadapt.data import data_config, record_config
 from zooadapt.errors import CheckpointError, DataError, FamilyNotFoundError
 from zooadapt.labels import labels, record_labels
@@ -309,4 +309,5 @@ def rebuild(
         record_config(model, config)
     if "labels" in info:
         record_labels(model, info["labels"])
+        sync_config(model)  # the model's own config names the restored labels too
     return model

@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Any, Union
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Anatomy", "DataConfig", "Family", "RenameRule", "StemLayout", "Weights", "Zoo"]
+__all__ = [
+    "Adaptation",
+    "Anatomy",
+    "DataConfig",
+    "Family",
+    "RenameRule",
+    "StemLayout",
+    "Weights",
+    "Zoo",
+]
 
 #: Interpolation names a :class:`DataConfig` accepts (``torchvision.transforms.InterpolationMode``).
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
@@ -213,6 +222,21 @@ def _data_config_problem(config: DataConfig) -> str:
 
 
 @dataclass(frozen=True)
+class Adaptation:
+    """What a model is once ``adapt`` is done with it, for :attr:`Family.sync`.
+
+    Attributes:
+        num_classes: Outputs of the head (``None``: headless).
+        in_chans: Input channels of the stem (``None``: no stem).
+        labels: Class names of the outputs, when known.
+    """
+
+    num_classes: int | None
+    in_chans: int | None
+    labels: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
 class Family:
     """What an architecture family knows about itself.
 
@@ -251,6 +275,13 @@ class Family:
             means ImageNet statistics, bilinear, ``crop_pct`` 0.875 at the input size.
         labels: Class names of the pretrained head, as data or a function of the model
             returning them or ``None``; used only while they match the head's class count.
+        sync: ``sync(model, adaptation)`` returns the attributes of the model's own
+            configuration that follow an adaptation (:class:`Adaptation`), as dotted
+            paths from the model to new values, in the order to set them
+            (``{"config.num_labels": 10}``); set after the surgery, restored if a later
+            step fails.
+        call: ``call(model, images)`` runs the model on a batch of images and returns
+            its logits (``model(pixel_values=x).logits``); ``None``: ``model(images)``.
         fallback: Generic family that claims any model, used only when nothing else does.
     """
 
@@ -269,6 +300,8 @@ class Family:
     spatial_dims: int | Callable[[nn.Module], int] | None = None
     data_config: DataConfig | Callable[[nn.Module], DataConfig | None] | None = None
     labels: Sequence[str] | Callable[[nn.Module], Sequence[str] | None] | None = None
+    sync: Callable[[nn.Module, Adaptation], Mapping[str, Any]] | None = None
+    call: Callable[[nn.Module, Any], Any] | None = None
     fallback: bool = False
 
     def __post_init__(self) -> None:

@@ -23,9 +23,16 @@ from zooadapt._core.surgery import (
     stem_in_chans,
 )
 from zooadapt.errors import AdaptError, PluginError, ZooAdaptError
-from zooadapt.types import Anatomy, Family, StemLayout
+from zooadapt.types import Adaptation, Anatomy, Family, StemLayout
 
-__all__ = ["Plan", "plan_surgery"]
+__all__ = [
+    "CheckpointStem",
+    "Plan",
+    "get_attribute",
+    "plan_surgery",
+    "plan_sync",
+    "set_attribute",
+]
 
 
 #: Module attributes that hold the module tree; copied, not shared, by a snapshot.
@@ -49,6 +56,20 @@ def _restore(snapshot: list[tuple[nn.Module, dict[str, Any]]]) -> None:
 _Pair = tuple[torch.Tensor, "torch.Tensor | None"]
 
 
+def get_attribute(model: nn.Module, path: str) -> Any:
+    """The attribute at dotted ``path`` from ``model`` (``config.num_labels``)."""
+    value: Any = model
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def set_attribute(model: nn.Module, path: str, value: Any) -> None:
+    """Set the attribute at dotted ``path`` from ``model``."""
+    owner_path, _, name = path.rpartition(".")
+    setattr(get_attribute(model, owner_path) if owner_path else model, name, value)
+
+
 @dataclass(frozen=True)
 class CheckpointStem:
     """What a checkpoint holds for one stem: its input channels and whether it has a bias."""
@@ -65,6 +86,7 @@ class Plan:
     reset_head: Any = None
     #: (layer, (old weight, old bias), (new weight, new bias)) per rebuilt stem.
     stems: list[tuple[nn.Module, _Pair, _Pair]] = field(default_factory=list)
+    #: dotted attribute path -> (old value, new value), set in order, restored in reverse.
     attributes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     _before_reset: list[tuple[nn.Module, dict[str, Any]]] = field(default_factory=list)
 
@@ -82,8 +104,8 @@ class Plan:
             self.reset_head(model)
         for layer, _, new in self.stems:
             set_stem_weight(layer, *new)
-        for name, (_, new_value) in self.attributes.items():
-            setattr(model, name, new_value)
+        for path, (_, new_value) in self.attributes.items():
+            set_attribute(model, path, new_value)
 
     def revert(self, model: nn.Module) -> None:
         """Undo :meth:`apply` (also one that failed half-way): original modules and weights."""
@@ -92,8 +114,8 @@ class Plan:
             set_submodule(model, path, old)
         for layer, old, _ in self.stems:
             set_stem_weight(layer, *old)
-        for name, (old_value, _) in self.attributes.items():
-            setattr(model, name, old_value)
+        for path, (old_value, _) in reversed(self.attributes.items()):
+            set_attribute(model, path, old_value)
 
 
 def plan_surgery(
@@ -231,7 +253,7 @@ def _plan_stem(
         changed = changed or target != base
     if changed:
         for name, value in family.stem_overrides.items():
-            plan.attributes[name] = (getattr(model, name), value)
+            plan.attributes[name] = (get_attribute(model, name), value)
 
 
 def _stem_tensors(
@@ -254,3 +276,33 @@ def _stem_tensors(
     if reshape_only and saved.bias and new_bias is None:  # type: ignore[union-attr]
         new_bias = torch.zeros(weight.shape[0], device=weight.device, dtype=weight.dtype)
     return new_weight, new_bias
+
+
+def plan_sync(plan: Plan, model: nn.Module, declared: Any, adaptation: Adaptation) -> None:
+    """Add to ``plan`` the attributes the family's ``sync`` sets for ``adaptation``.
+
+    Only values that differ from the model's are planned; a path that does not exist is
+    a PluginError naming the plugin.
+    """
+    family: Family = declared.item
+    if family.sync is None:
+        return
+    settings = _call(declared, "sync", lambda: dict(family.sync(model, adaptation)))
+    for path, value in settings.items():
+        old = _call(declared, f"sync path {path!r}", lambda p=path: get_attribute(model, p))
+        if path in plan.attributes:
+            old = plan.attributes[path][0]
+        if old is not value and old != value:
+            plan.attributes[path] = (old, value)
+
+
+def _call(declared: Any, what: str, func: Any) -> Any:
+    try:
+        return func()
+    except ZooAdaptError:
+        raise
+    except Exception as err:
+        raise PluginError(
+            f"plugin {declared.plugin!r} failed in family {declared.item.name!r} ({what}): {err!r}",
+            plugin=declared.plugin,
+        ) from err

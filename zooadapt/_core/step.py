@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zooadapt._core.calling import caller
 from zooadapt._core.patches import ScopedPatch
 from zooadapt.errors import AdaptError
 
@@ -126,7 +127,8 @@ def measure_step(
 ) -> StepMemory:
     """Run one training step of ``model`` and count the bytes it holds, on any device.
 
-    Forward (``model(inputs)``, or ``model(*inputs)`` for a sequence), ``loss``, backward,
+    Forward (``model(inputs)``, or ``model(*inputs)`` for a sequence; the family's
+    ``call`` when it declares one), ``loss``, backward,
     ``optimizer.step()``, then the gradients are set to ``None``. The weights and the
     optimizer state change as in any step; the module's train/eval mode is left as it is.
     On the meta device attention runs as a fused kernel (see the module documentation).
@@ -177,12 +179,13 @@ def forward_backward(
             convolution and linear weights, of which autocast saves low-precision copies).
     """
     batch = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    run = caller(model)
     counter, largest = _SavedTensors(model, weight_copies), _LargestLayer()
     hook = nn.modules.module.register_module_forward_hook(largest)
     try:
         with _fused_attention_on_meta(batch), torch.enable_grad():
             with torch.autograd.graph.saved_tensors_hooks(counter.pack, _unpack):
-                value = (loss or mean_loss)(model(*batch))
+                value = (loss or mean_loss)(run(*batch))
             saved = counter.bytes()
             del counter
             if value.requires_grad:

@@ -14,6 +14,7 @@ from torch import nn
 
 from zooadapt._core.anatomy import NO_MATCH, anatomy, class_name, family_rank, present_heads
 from zooadapt._core.anatomy import select_family as _select_family
+from zooadapt._core.calling import caller
 from zooadapt._core.checks import duplicate_groups, find, head_problems
 from zooadapt._core.files import read_state_dict
 from zooadapt._core.meta import build_on_meta
@@ -600,7 +601,7 @@ def _example(model: nn.Module, shape: Sequence[int]) -> torch.Tensor:
 
 def _run(model: nn.Module, shape: Sequence[int]) -> Any:
     with torch.no_grad():
-        return model.eval()(_example(model, shape))
+        return caller(model.eval())(_example(model, shape))
 
 
 def _check_forward(ctx: _Context, request: _Request) -> None:
