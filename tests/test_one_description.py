@@ -458,6 +458,7 @@ FAMILY_FREE = {
     "load_freeze_state",
     "meta_copy",
     "output_layer",
+    "output_layers",
     "rewrap",
     "unwrap",
 }

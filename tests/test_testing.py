@@ -50,6 +50,24 @@ class TutorialCNN(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
+def hf(kind: str, **config: Any):
+    """A factory for a small Hugging Face image classifier."""
+    import transformers
+
+    small = {
+        "ViT": {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
+        "ResNet": {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
+    }
+    settings = {**small[kind], **config}
+    configuration = getattr(transformers, f"{kind}Config")(**settings)
+    return lambda: getattr(transformers, f"{kind}ForImageClassification")(configuration)
+
+
 def square(size: int) -> tuple[int, int, int, int]:
     return (2, 3, size, size)
 
@@ -77,6 +95,10 @@ SAMPLES: dict[str, list[Sample]] = {
     "vgg": [Sample(tv("vgg11_bn"), square(32), META)],
     "vit": [Sample(tv("vit_b_32"), square(224), META)],
     "generic": [Sample(TutorialCNN, square(16))],
+    "hf": [
+        Sample(hf("ViT", patch_size=8, image_size=32), square(32)),
+        Sample(hf("ResNet"), square(32)),
+    ],
     "timm": [
         Sample(tm("resnet18"), square(64)),
         Sample(tm("vit_tiny_patch16_224"), square(224), META),

@@ -10,7 +10,7 @@ from torch import nn
 
 from zooadapt._core.meta import meta_copy, shape_key
 
-__all__ = ["first_conv", "is_classifier", "output_layer"]
+__all__ = ["first_conv", "is_classifier", "output_layer", "output_layers"]
 
 
 def is_classifier(module: nn.Module) -> bool:
@@ -58,10 +58,10 @@ def _output(result: Any) -> torch.Tensor | None:
     return None
 
 
-def _last_layer(output: torch.Tensor, produced: dict[Any, str]) -> str | None:
-    """The one candidate layer feeding ``output`` with no parameter acting after it."""
+def _last_layers(output: torch.Tensor, produced: dict[Any, str]) -> tuple[str, ...]:
+    """The candidate layers feeding ``output`` with no parameter acting after them."""
     if output.grad_fn is None:
-        return None
+        return ()
     found: set[str] = set()
     stack, seen = [output.grad_fn], set()
     while stack:
@@ -73,9 +73,9 @@ def _last_layer(output: torch.Tensor, produced: dict[Any, str]) -> str | None:
             found.add(produced[node])
             continue
         if hasattr(node, "variable"):  # a parameter acts after every candidate
-            return None
+            return ()
         stack.extend(next_node for next_node, _ in node.next_functions)
-    return found.pop() if len(found) == 1 else None
+    return tuple(sorted(found))
 
 
 def _traceable(model: nn.Module) -> tuple[nn.Module, dict[Any, str]]:
@@ -97,18 +97,27 @@ def _traceable(model: nn.Module) -> tuple[nn.Module, dict[Any, str]]:
 
 
 def output_layer(model: nn.Module) -> tuple[str, tuple[int, ...]] | None:
+    """:func:`output_layers` when exactly one layer produces the output, else ``None``."""
+    found = output_layers(model)
+    if found is None or len(found[0]) != 1:
+        return None
+    return found[0][0], found[1]
+
+
+def output_layers(model: nn.Module) -> tuple[tuple[str, ...], tuple[int, ...]] | None:
     """The layer that produces ``model``'s output, shown by a meta-device trace.
 
     A copy of the model on the meta device (nothing allocated, the model untouched) runs
     on inputs read from its first convolution (channels, spatial dimensions; sizes from
     224 down to 1 until one fits) or its first linear layer. The answer is the one
-    ``nn.Linear`` or 1x1 convolution whose output reaches the model's output (a tensor,
-    the first of a tuple or dict, or ``.logits``) with no parameter acting after it on any
-    path, such as ``x @ self.proj``. Memoised per model while its parameters keep their
+    ``nn.Linear`` or 1x1 convolution layers whose outputs reach the model's output (a
+    tensor, the first of a tuple or dict, or ``.logits``) with no parameter acting after
+    them on any path, such as ``x @ self.proj`` (two for a distilled model averaging a
+    class and a distillation head). Memoised per model while its parameters keep their
     names and shapes.
 
     Returns:
-        ``(module path, spatial input size it ran at)``, or ``None`` when no such layer
+        ``(module paths, spatial input size it ran at)``, or ``None`` when no such layer
         exists or the model runs on none of the inputs tried.
     """
     key = shape_key(model)
@@ -124,8 +133,8 @@ def output_layer(model: nn.Module) -> tuple[str, tuple[int, ...]] | None:
                 output = _output(copy(torch.zeros(shape, dtype=dtype, device="meta")))
         except Exception:  # noqa: BLE001 - the model does not take this shape: try the next
             continue
-        head = _last_layer(output, produced) if output is not None else None
-        found = (head, shape[2:]) if head is not None else None
+        heads = _last_layers(output, produced) if output is not None else ()
+        found = (heads, shape[2:]) if heads else None
         _traced[model] = (key, found)
         return found
     return None

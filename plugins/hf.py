@@ -1,0 +1,143 @@
+"""Hugging Face transformers image classifiers: one family for every ``*ForImageClassification``.
+
+Everything is read from the model: the heads are the layers a meta-device trace shows
+producing the logits (a distilled model's class and distillation heads both), the stem is
+the first convolution, the groups are the embeddings, one per encoder layer or stage, what
+follows them, and the head. The model's own ``config`` follows an adaptation
+(``num_labels``, ``id2label``, ``label2id``, ``num_channels``, and ``num_channels`` of the
+embedding modules holding the stem), and models are called as
+``model(pixel_values=images).logits``. No import of transformers is needed to match.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+from zooadapt_plugins._layout import exact
+
+from zooadapt import Adaptation, Family, FamilyNotFoundError, first_conv, hookimpl, output_layers
+
+#: Module names that hold one stage or layer each, followed by its index.
+STAGES = ("layer", "layers", "stages", "stage", "block", "blocks", "patch_embeddings")
+_DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
+_NUMBERED = re.compile(r"^(layer|stage|block)s?\d+$")
+
+
+def _is_classifier(model: nn.Module) -> bool:
+    cls = type(model)
+    return (
+        cls.__module__.startswith("transformers.models.")
+        and "ForImageClassification" in cls.__name__
+        and hasattr(model, "config")
+    )
+
+
+def _heads(model: nn.Module) -> tuple[str, ...]:
+    found = output_layers(model)
+    if found is None:
+        raise FamilyNotFoundError(
+            f"no layer of {type(model).__name__} produces its logits directly; pass "
+            "family=Family(...) naming its head"
+        )
+    return found[0]
+
+
+def _stem(model: nn.Module) -> str | None:
+    return first_conv(model)
+
+
+def _groups(model: nn.Module) -> list[tuple[str, str]]:
+    """Embeddings, one group per stage or layer, what follows, then the head."""
+    heads = _heads(model)
+    named: dict[str, list[str]] = {}
+    head: list[str] = []
+    staged = False
+    for name, _ in model.named_parameters():
+        if any(name.startswith(h + ".") for h in heads):
+            head.append(name)
+            continue
+        label = _stage(name)
+        staged = staged or label is not None
+        named.setdefault(label or ("neck" if staged else "embeddings"), []).append(name)
+    return [*((label, exact(*names)) for label, names in named.items()), ("head", exact(*head))]
+
+
+def _stage(name: str) -> str | None:
+    """The stage of a parameter: ``encoder.layer.3``, ``timm_model.layer1``, or ``None``.
+
+    ``vit.encoder.layer.3.attention...`` is in ``encoder.layer.3``; a wrapped timm ResNet's
+    ``timm_model.layer1.0.conv1.weight`` in ``timm_model.layer1``.
+    """
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part in STAGES and parts[i + 1].isdigit():
+            return ".".join(parts[max(0, i - 1) : i + 2])
+        if _NUMBERED.match(part):
+            return ".".join(parts[max(0, i - 1) : i + 1])
+    return None
+
+
+def _labels(model: nn.Module) -> list[str] | None:
+    id2label = getattr(model.config, "id2label", None) or {}
+    names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(len(id2label))]
+    if not names or all(_DEFAULT_LABEL.match(n) for n in names) or "" in names:
+        return None
+    return names
+
+
+def _sync(model: nn.Module, change: Adaptation) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    if change.num_classes is not None:
+        names = change.labels or [f"LABEL_{i}" for i in range(change.num_classes)]
+        settings["config.num_labels"] = change.num_classes
+        settings["config.id2label"] = dict(enumerate(names))
+        settings["config.label2id"] = {name: i for i, name in enumerate(names)}
+    if change.in_chans is not None:
+        settings.update({f"{path}num_channels": change.in_chans for path in _channel_owners(model)})
+    return settings
+
+
+def _channel_owners(model: nn.Module) -> Iterator[str]:
+    """Where the input's channels are recorded: the configs and the modules above the stem.
+
+    The configs are ``config.`` and, for CLIP-like models, ``config.vision_config.``.
+    """
+    channels = None
+    for path in ("config.", "config.vision_config."):
+        config = model.config if path == "config." else getattr(model.config, "vision_config", None)
+        if isinstance(getattr(config, "num_channels", None), int):
+            channels = config.num_channels
+            yield path
+    stem = _stem(model) or ""
+    for path, module in model.named_modules():
+        inside = path and (stem == path or stem.startswith(path + "."))
+        if inside and channels is not None and getattr(module, "num_channels", None) == channels:
+            yield path + "."
+
+
+def _call(model: nn.Module, images: Any) -> Any:
+    """``.logits``, else the first output (PP-LCNet returns its logits as the hidden state)."""
+    output = model(pixel_values=images)
+    logits = getattr(output, "logits", None)
+    return logits if logits is not None else output[0]
+
+
+HF = Family(
+    name="hf",
+    match=_is_classifier,
+    head=_heads,
+    stem=_stem,
+    groups=_groups,
+    labels=_labels,
+    sync=_sync,
+    call=_call,
+)
+
+
+@hookimpl
+def zooadapt_families() -> list[Family]:
+    """The Hugging Face image-classification family."""
+    return [HF]
