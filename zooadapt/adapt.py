@@ -231,15 +231,15 @@ def _from_zoo(
     The weights' data config and class names are recorded on the model; on meta, those
     of the weights ``pretrained`` names, when the zoo knows them.
     """
-    if pretrained is False or pretrained is None:  # random init, whatever tag the name has
-        if on_meta:
-            return build_on_meta(lambda: _build(ref, None, model_kwargs))
-        return _build(ref, None, model_kwargs)
+    random = pretrained is False or pretrained is None  # whatever tag the name has
     if on_meta:
         module = build_on_meta(lambda: _build(ref, None, model_kwargs))
-        with contextlib.suppress(WeightsNotAvailableError):  # on meta, nothing is loaded
-            _record_weights(module, select_weights(ref, pretrained))  # type: ignore[arg-type]
+        if not random:
+            with contextlib.suppress(WeightsNotAvailableError):  # on meta, nothing is loaded
+                _record_weights(module, select_weights(ref, pretrained))  # type: ignore[arg-type]
         return module
+    if random:
+        return _build(ref, None, model_kwargs)
     weights = select_weights(ref, pretrained)  # type: ignore[arg-type]
     local = dataclasses.replace(weights, file=ensure_local(weights, ref))
     module = _build(ref, local, model_kwargs)

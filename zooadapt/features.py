@@ -39,7 +39,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -579,8 +579,11 @@ def _stop_at_head(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
 @contextlib.contextmanager
 def _capturing(
     root: nn.Module, head: nn.Module, device: torch.device
-) -> Iterator[tuple[nn.Module, torch.device]]:
-    """Eval mode, no grad, the stopping hook, on ``device``; all undone on exit."""
+) -> Iterator[tuple[Callable[[Any], Any], torch.device]]:
+    """Eval mode, no grad, the stopping hook, on ``device``; all undone on exit.
+
+    Yields the model's runner (its family's ``call``, looked up once) and the device.
+    """
     modes = [(module, module.training) for module in root.modules()]
     home = _run_device(root, None)
     handle = head.register_forward_pre_hook(_stop_at_head, prepend=True, with_kwargs=True)
@@ -589,7 +592,7 @@ def _capturing(
             root.to(device)
         root.eval()
         with torch.no_grad():  # not inference_mode: autograd must be able to save the features
-            yield root, device
+            yield caller(root), device
     finally:
         handle.remove()
         if device != home:
@@ -599,13 +602,13 @@ def _capturing(
 
 
 def _capture(
-    run: tuple[nn.Module, torch.device], batch: Any, index: int, name: str, head: str
+    run: tuple[Callable[[Any], Any], torch.device], batch: Any, index: int, name: str, head: str
 ) -> Batch:
     """The head's input for one batch, and the batch's targets."""
     model, device = run
     inputs, targets = _pair(batch, index)
     try:
-        caller(model)(inputs.to(device, non_blocking=True))
+        model(inputs.to(device, non_blocking=True))
     except _HeadReached as reached:
         features = reached.features
     else:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from zooadapt.errors import DataError
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -130,8 +132,6 @@ class DataConfig:
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        from zooadapt.errors import DataError
-
         for name in ("input_size", "mean", "std"):
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
@@ -182,16 +182,14 @@ class DataConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> DataConfig:
         """Read :meth:`as_dict`'s output (unknown keys are an error)."""
-        from zooadapt.errors import DataError
-
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             raise DataError(f"unknown DataConfig fields {unknown}")
         try:
             return cls(**values)
+        except DataError:
+            raise
         except (TypeError, ValueError) as err:
-            if isinstance(err, DataError):
-                raise
             raise DataError(f"invalid DataConfig {dict(values)!r}: {err}") from err
 
 

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from zooadapt._core.anatomy import call_family
+from zooadapt._core.plugins import Declared
 from zooadapt._core.surgery import (
     StemInit,
     StemStats,
@@ -278,31 +280,21 @@ def _stem_tensors(
     return new_weight, new_bias
 
 
-def plan_sync(plan: Plan, model: nn.Module, declared: Any, adaptation: Adaptation) -> None:
+def plan_sync(
+    plan: Plan, model: nn.Module, declared: Declared[Family], adaptation: Adaptation
+) -> None:
     """Add to ``plan`` the attributes the family's ``sync`` sets for ``adaptation``.
 
     Only values that differ from the model's are planned; a path that does not exist is
     a PluginError naming the plugin.
     """
-    family: Family = declared.item
+    family = declared.item
     if family.sync is None:
         return
-    settings = _call(declared, "sync", lambda: dict(family.sync(model, adaptation)))
+    settings = call_family(declared, "sync", lambda: dict(family.sync(model, adaptation)))
     for path, value in settings.items():
-        old = _call(declared, f"sync path {path!r}", lambda p=path: get_attribute(model, p))
+        old = call_family(declared, f"sync path {path!r}", lambda p=path: get_attribute(model, p))
         if path in plan.attributes:
             old = plan.attributes[path][0]
         if old is not value and old != value:
             plan.attributes[path] = (old, value)
-
-
-def _call(declared: Any, what: str, func: Any) -> Any:
-    try:
-        return func()
-    except ZooAdaptError:
-        raise
-    except Exception as err:
-        raise PluginError(
-            f"plugin {declared.plugin!r} failed in family {declared.item.name!r} ({what}): {err!r}",
-            plugin=declared.plugin,
-        ) from err
