@@ -83,8 +83,18 @@ def test_a_huge_header_length_is_refused(tmp_path):
         (lambda info: json.dumps({k: v for k, v in info.items() if k != "model"}), "'model'"),
         (lambda info: json.dumps({**info, "num_classes": "ten"}), "'num_classes'"),
         (lambda info: json.dumps([1, 2]), "not a JSON object"),
+        (lambda info: json.dumps({**info, "labels": [1, 2]}), "'labels' holds non-strings"),
+        (lambda info: json.dumps({**info, "labels": "cat"}), "'labels'"),
+        (
+            lambda info: json.dumps({**info, "data_config": {**info["data_config"], "std": [0]}}),
+            "'data_config' is invalid",
+        ),
+        (
+            lambda info: json.dumps({**info, "data_config": {"input_size": "x", "exec": 1}}),
+            "unknown DataConfig fields",
+        ),
     ],
-    ids=["json", "format", "missing", "type", "list"],
+    ids=["json", "format", "missing", "type", "list", "label-ints", "label-str", "std", "fields"],
 )
 def test_bad_za_save_metadata_is_refused(saved, tmp_path, change, message):
     from safetensors.torch import load_file, save_file
