@@ -6,7 +6,9 @@ the first convolution, the groups are the embeddings, one per encoder layer or s
 follows them, and the head. The model's own ``config`` follows an adaptation
 (``num_labels``, ``id2label``, ``label2id``, ``num_channels``, and ``num_channels`` of the
 embedding modules holding the stem), and models are called as
-``model(pixel_values=images).logits``. No import of transformers is needed to match.
+``model(pixel_values=images).logits``. The data config is the image processor config
+beside the model's weights (``config._name_or_path``). No import of transformers is needed
+to match. The ``hf`` zoo of Hub repositories is in ``_hf_hub``.
 """
 
 from __future__ import annotations
@@ -16,14 +18,30 @@ from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
+from zooadapt_plugins import _hf_hub as hub
 from zooadapt_plugins._layout import exact
 
-from zooadapt import Adaptation, Family, FamilyNotFoundError, first_conv, hookimpl, output_layers
+from zooadapt import (
+    Adaptation,
+    DataConfig,
+    Family,
+    FamilyNotFoundError,
+    RenameRule,
+    Zoo,
+    first_conv,
+    hookimpl,
+    output_layers,
+)
 
 #: Module names that hold one stage or layer each, followed by its index.
 STAGES = ("layer", "layers", "stages", "stage", "block", "blocks", "patch_embeddings")
 _DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
 _NUMBERED = re.compile(r"^(layer|stage|block)s?\d+$")
+#: transformers' own "legacy" renames, applied to every checkpoint it loads.
+LEGACY_RULES = (
+    RenameRule(r"LayerNorm\.gamma$", "LayerNorm.weight", name="legacy LayerNorm.gamma"),
+    RenameRule(r"LayerNorm\.beta$", "LayerNorm.bias", name="legacy LayerNorm.beta"),
+)
 
 
 def _is_classifier(model: nn.Module) -> bool:
@@ -118,6 +136,43 @@ def _channel_owners(model: nn.Module) -> Iterator[str]:
             yield path + "."
 
 
+def _input_size(model: nn.Module) -> tuple[int, ...] | None:
+    """``config.image_size`` (or its ``vision_config``'s), when the config records one."""
+    for config in (model.config, getattr(model.config, "vision_config", None)):
+        size = getattr(config, "image_size", None)
+        if isinstance(size, int):
+            return (size, size)
+        if isinstance(size, (list, tuple)) and len(size) == 2:
+            return tuple(int(v) for v in size)
+    return None
+
+
+def _data_config(model: nn.Module) -> DataConfig | None:
+    """The image processor config beside the weights, while it fits the channels."""
+    file = hub.processor_file(str(getattr(model.config, "_name_or_path", "") or ""))
+    if file is None:
+        return None
+    config = hub.processor_config(hub.read_json(file), f"Hugging Face {file}")
+    channels = getattr(model.config, "num_channels", None)
+    if config is None or (isinstance(channels, int) and config.in_chans != channels):
+        return None
+    return config
+
+
+def _rename_rules(model: nn.Module) -> list[RenameRule]:
+    """The legacy renames of transformers, and the base model's prefix for a backbone checkpoint.
+
+    A checkpoint of ``ViTModel`` (``embeddings.*``, as ``facebook/dino-vits16`` publishes)
+    loads into ``ViTForImageClassification`` (``vit.embeddings.*``).
+    """
+    prefix = getattr(model, "base_model_prefix", "")
+    rules = list(LEGACY_RULES)
+    if prefix and isinstance(getattr(model, prefix, None), nn.Module):
+        name = f"add the base model's '{prefix}.'"
+        rules.append(RenameRule(rf"^(?!{re.escape(prefix)}\.)", f"{prefix}.", name=name))
+    return rules
+
+
 def _call(model: nn.Module, images: Any) -> Any:
     """``.logits``, else the first output (PP-LCNet returns its logits as the hidden state)."""
     output = model(pixel_values=images)
@@ -134,6 +189,19 @@ HF = Family(
     labels=_labels,
     sync=_sync,
     call=_call,
+    input_size=_input_size,
+    data_config=_data_config,
+    rename_rules=_rename_rules,
+)
+
+#: Repositories of the Hugging Face Hub (cached ones listed) and save_pretrained folders.
+HUB = Zoo(
+    name=hub.ZOO,
+    models=hub.models,
+    build=hub.build,
+    weights=hub.weights,
+    order=30,
+    find=hub.find,
 )
 
 
@@ -141,3 +209,9 @@ HF = Family(
 def zooadapt_families() -> list[Family]:
     """The Hugging Face image-classification family."""
     return [HF]
+
+
+@hookimpl
+def zooadapt_zoos() -> list[Zoo]:
+    """The Hugging Face Hub zoo."""
+    return [HUB]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -24,6 +26,43 @@ def strict_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """No download attempts: missing weights fail at once with the offline error."""
     monkeypatch.setenv("ZOOADAPT_OFFLINE", "1")
+
+
+def write_cached_repo(hub: Path, repo: str, folder: Path, commit: str = "a" * 40) -> Path:
+    """Copy a ``save_pretrained`` folder into the Hugging Face cache layout, as the Hub does.
+
+    Files become blobs named by their sha256, the snapshot holds relative links to them,
+    and ``refs/main`` names the commit. Returns the snapshot folder.
+    """
+    root = hub / f"models--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (root / "blobs").mkdir(exist_ok=True)
+    for file in sorted(folder.iterdir()):
+        data = file.read_bytes()
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+@pytest.fixture
+def hf_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache in a temporary ``HF_HOME``, offline (nothing downloads)."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("ZOOADAPT_OFFLINE", "1")
+    hub = tmp_path / "hf" / "hub"
+    hub.mkdir(parents=True)
+    return hub
+
+
+@pytest.fixture
+def cache_repo(hf_hub: Path) -> Callable[[str, Path], Path]:
+    """``cache_repo(repo, folder)``: publish a ``save_pretrained`` folder into :func:`hf_hub`."""
+    return lambda repo, folder: write_cached_repo(hf_hub, repo, folder)
 
 
 @pytest.fixture

@@ -64,8 +64,10 @@ def hf(kind: str, **config: Any):
         "ResNet": {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1]},
     }
     settings = {**small[kind], **config}
-    configuration = getattr(transformers, f"{kind}Config")(**settings)
-    return lambda: getattr(transformers, f"{kind}ForImageClassification")(configuration)
+    model, configuration = (
+        getattr(transformers, f"{kind}{c}") for c in ("ForImageClassification", "Config")
+    )
+    return lambda: model(configuration(**settings))  # adapting changes the model's config
 
 
 def square(size: int) -> tuple[int, int, int, int]:
@@ -141,6 +143,17 @@ def test_builtin_plugin_conforms(name: str) -> None:
     models = {family: SAMPLES[family] for family in declared_families(plugin)}
     report = check_plugin(plugin, models, zoo_models=ZOO_MODELS.get(name, 2))
     assert report.ok, report
+
+
+def test_the_hf_zoo_conforms_with_a_cached_repository(cache_repo, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ConvNextConfig(
+        num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=4
+    )
+    transformers.ConvNextForImageClassification(config).save_pretrained(tmp_path / "c")
+    cache_repo("tiny-org/convnext", tmp_path / "c")
+    report = check_plugin(BUILTINS["hf"], {"hf": SAMPLES["hf"]}, zoo_models=1)
+    assert not any("lists no models" in note for note in report.notes)
 
 
 @pytest.mark.parametrize(

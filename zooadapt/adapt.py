@@ -29,8 +29,8 @@ from zooadapt.freeze import freeze as freeze_model
 from zooadapt.freeze import select as select_frozen
 from zooadapt.labels import check_classes, labels, record_labels, resolve_classes
 from zooadapt.loading import (
-    GENERIC_RULES,
     Targets,
+    checkpoint_rules,
     head_rows,
     load_state,
     materialize,
@@ -321,7 +321,7 @@ def _adapt_in_place(
     """
     declared, anat = describe(model, request.pm, request.family)
     num_classes, in_chans = request.num_classes, request.in_chans
-    rules = [*GENERIC_RULES, *manager_of(model).rename_rules(declared.item)]
+    rules = checkpoint_rules(model, declared, manager_of(model))
     saved = None
     if checkpoint is not None:
         renamed, _ = rename_keys(checkpoint, rules, model.state_dict())

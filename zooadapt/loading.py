@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from zooadapt._core.anatomy import describe, manager_of
+from zooadapt._core.anatomy import call_family, describe, manager_of
 from zooadapt._core.distributed import unwrap
 from zooadapt._core.files import Source, read_state_dict
 from zooadapt._core.meta import gc_paused
-from zooadapt._core.plugins import PluginManager
+from zooadapt._core.plugins import Declared, PluginManager
 from zooadapt._core.surgery import (
     StemInit,
     StemStats,
@@ -33,6 +33,7 @@ from zooadapt.types import Anatomy, Family, RenameRule, StemLayout
 
 __all__ = [
     "GENERIC_RULES",
+    "checkpoint_rules",
     "LoadReport",
     "Targets",
     "load_state",
@@ -52,6 +53,16 @@ GENERIC_RULES = (
     RenameRule(r"^model\.", "", name="strip Lightning 'model.'"),
     RenameRule(r"^backbone\.", "", name="strip 'backbone.'"),
 )
+
+
+def checkpoint_rules(
+    model: nn.Module, declared: Declared[Family] | None, pm: PluginManager
+) -> list[RenameRule]:
+    """The rules every checkpoint of ``model`` gets: generic, the family's, other plugins'."""
+    if declared is None:
+        return list(GENERIC_RULES)
+    family = call_family(declared, "rename_rules", lambda: pm.rename_rules(declared.item, model))
+    return [*GENERIC_RULES, *family]
 
 
 def rename_keys(
@@ -463,8 +474,7 @@ def load_weights(
     extra = user_rules(rules)  # a bad rule fails before the file is read
     state = read_state_dict(source, key=key, trust_pickle=trust_pickle, map_location=map_location)
     pm = plugin_manager or manager_of(model)
-    family_rules = pm.rename_rules(declared.item) if declared is not None else []
-    all_rules = [*GENERIC_RULES, *family_rules, *extra]
+    all_rules = [*checkpoint_rules(model, declared, pm), *extra]
     targets = Targets.of(anat, stem_init, stats=_stem_stats(model)) if anat else Targets()
     label = str(getattr(source, "name", source))
     return load_state(model, state, rules=all_rules, targets=targets, strict=strict, source=label)

@@ -255,7 +255,8 @@ class Family:
         match: Predicate for models that cannot be recognised by class.
         aux_heads: Optional head paths, replaced when present and not ``None``
             (GoogLeNet's ``aux1.fc2``).
-        rename_rules: Key renames that this family's historical checkpoints need.
+        rename_rules: Key renames that this family's historical checkpoints need, as data
+            or a function of the model (a prefix that depends on the instance).
         stem_overrides: Attributes set on the model when its input channels change, for
             RGB-only behaviour such as Inception's ``transform_input``.
         reset_head: Builds the heads as ``reset_head(model, num_classes)`` when a head is
@@ -290,7 +291,7 @@ class Family:
     classes: tuple[str, ...] = ()
     match: Callable[[nn.Module], bool] | None = None
     aux_heads: tuple[str, ...] = ()
-    rename_rules: tuple[RenameRule, ...] = ()
+    rename_rules: Sequence[RenameRule] | Callable[[nn.Module], Sequence[RenameRule]] = ()
     stem_overrides: Mapping[str, Any] = field(default_factory=dict, compare=False)
     reset_head: Callable[[nn.Module, int], None] | None = None
     stem_layout: StemLayout | Callable[[nn.Module], StemLayout] = StemLayout()
@@ -309,7 +310,8 @@ class Family:
             object.__setattr__(self, "aux_heads", (self.aux_heads,))
         if not callable(self.groups):
             object.__setattr__(self, "groups", _group_pairs(self.groups))
-        object.__setattr__(self, "rename_rules", tuple(self.rename_rules))
+        if not callable(self.rename_rules):
+            object.__setattr__(self, "rename_rules", tuple(self.rename_rules))
 
     def head_paths(self, model: nn.Module) -> tuple[str, ...]:
         """Return the required head paths for ``model``."""
@@ -351,6 +353,18 @@ class Family:
         if config is not None and not isinstance(config, DataConfig):
             raise TypeError(f"data_config gave {type(config).__name__}, not a DataConfig")
         return config
+
+    def rename_rules_of(self, model: nn.Module | None = None) -> tuple[RenameRule, ...]:
+        """The family's own rename rules for ``model``.
+
+        Raises:
+            TypeError: If the rules are a function of the model and none is given.
+        """
+        if not callable(self.rename_rules):
+            return self.rename_rules
+        if model is None:
+            raise TypeError(f"family {self.name!r}'s rename rules depend on the model; pass it")
+        return tuple(self.rename_rules(model))
 
     def labels_of(self, model: nn.Module) -> tuple[str, ...] | None:
         """The declared class names for ``model``, or ``None``."""
@@ -420,6 +434,10 @@ class Zoo:
             (already present in the local cache) loaded when not ``None``.
         weights: ``weights(arch)`` lists the pretrained weights known for an architecture.
         order: Zoos are searched in ascending order for unqualified names.
+        find: ``find(name)`` resolves a name the zoo does not list to an architecture it
+            can build, or returns ``None``: for a hub with more models than are cached,
+            the name after the zoo's prefix (``hf/google/vit-base-patch16-224``), and for
+            a model saved in a directory, the directory given as the model name.
     """
 
     name: str
@@ -427,6 +445,7 @@ class Zoo:
     build: Callable[..., nn.Module]
     weights: Callable[[str], Sequence[Weights]] = lambda arch: ()
     order: int = 100
+    find: Callable[[str], str | None] | None = None
 
 
 @dataclass(frozen=True)

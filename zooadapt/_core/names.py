@@ -1,7 +1,9 @@
 """Registry names: listing models across zoos and resolving a name to one zoo's model.
 
 An unqualified name is looked up in ascending ``Zoo.order`` (torchvision before timm); a
-qualified ``zoo/name`` always wins; timm-style ``name.tag`` selects pretrained weights.
+qualified ``zoo/name`` always wins (the zoo is what precedes the first ``/``, so a
+Hugging Face ``hf/org/name`` keeps its slash); timm-style ``name.tag`` selects
+pretrained weights.
 Nothing is cached: the registry is live, so zoos and models added later are found.
 """
 
@@ -9,10 +11,11 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import os
 from dataclasses import dataclass
 
 from zooadapt._core.plugins import Declared, PluginManager, get_plugin_manager
-from zooadapt.errors import ModelNotFoundError, PluginError
+from zooadapt.errors import ModelNotFoundError, PluginError, ZooAdaptError
 from zooadapt.types import Zoo
 
 __all__ = ["ModelRef", "list_models", "resolve_name"]
@@ -66,24 +69,62 @@ def list_models(pattern: str = "*", *, plugin_manager: PluginManager | None = No
 def resolve_name(name: str, pm: PluginManager) -> ModelRef:
     """Resolve a registry name to the zoo that builds it.
 
+    ``zoo/arch`` asks that zoo alone, and its ``Zoo.find`` for names it does not list; an
+    existing directory is offered to every zoo's ``find``; any other name is looked up
+    in every zoo's list, in ``Zoo.order``.
+
     Raises:
         ModelNotFoundError: With the closest known names, if nothing matches.
     """
     zoos = pm.zoos()
-    zoo_name, slash, arch = name.rpartition("/")
-    if slash:
-        zoos = [z for z in zoos if z.item.name == zoo_name]
-        if not zoos:
-            known = ", ".join(z.item.name for z in pm.zoos()) or "none installed"
-            raise ModelNotFoundError(f"unknown zoo {zoo_name!r} in {name!r}; zoos: {known}")
+    prefix, slash, rest = name.partition("/")
+    named = [z for z in zoos if slash and z.item.name == prefix]
+    if named:
+        ref = _listed(named[0], rest) or _found(named[0], rest)
+        if ref is None:
+            raise ModelNotFoundError(_not_found_message(name, pm))
+        return ref
+    if os.path.isdir(name):
+        for zoo in zoos:
+            if ref := _found(zoo, name):
+                return ref
     for zoo in zoos:
-        archs = _zoo_architectures(zoo)
-        if arch in archs:
-            return ModelRef(zoo, arch)
-        base, dot, tag = arch.partition(".")
-        if dot and base in archs:
-            return ModelRef(zoo, base, tag)
+        if ref := _listed(zoo, name):
+            return ref
+    if slash:
+        known = ", ".join(z.item.name for z in zoos) or "none installed"
+        raise ModelNotFoundError(
+            f"unknown model {name!r}: no zoo lists it and no zoo is named {prefix!r} "
+            f"(zoos: {known})"
+        )
     raise ModelNotFoundError(_not_found_message(name, pm))
+
+
+def _listed(zoo: Declared[Zoo], arch: str) -> ModelRef | None:
+    """``arch`` if the zoo lists it, or ``base.tag`` with a listed ``base``."""
+    archs = _zoo_architectures(zoo)
+    if arch in archs:
+        return ModelRef(zoo, arch)
+    base, dot, tag = arch.partition(".")
+    if dot and base in archs:
+        return ModelRef(zoo, base, tag)
+    return None
+
+
+def _found(zoo: Declared[Zoo], name: str) -> ModelRef | None:
+    """What the zoo's ``find`` makes of a name it does not list."""
+    if zoo.item.find is None:
+        return None
+    try:
+        arch = zoo.item.find(name)
+    except ZooAdaptError:
+        raise
+    except Exception as err:
+        raise PluginError(
+            f"plugin {zoo.plugin!r} failed finding {name!r} in zoo {zoo.item.name!r}: {err!r}",
+            plugin=zoo.plugin,
+        ) from err
+    return None if arch is None else ModelRef(zoo, arch)
 
 
 def _not_found_message(name: str, pm: PluginManager) -> str:

@@ -15,13 +15,16 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pluggy
 
 import zooadapt.hookspecs as hookspecs
 from zooadapt.errors import PluginError, PluginWarning
 from zooadapt.types import Family, RenameRule, Zoo
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "Declared",
@@ -194,10 +197,13 @@ class PluginManager(pluggy.PluginManager):
         zoos = _unique(self._collect("zooadapt_zoos", Zoo), "zoo", self._builtin())
         return sorted(zoos, key=lambda d: (d.item.order, d.item.name))
 
-    def rename_rules(self, family: Family) -> list[RenameRule]:
-        """The family's own rename rules followed by those other plugins add for it."""
+    def rename_rules(self, family: Family, model: nn.Module | None = None) -> list[RenameRule]:
+        """The family's own rename rules, then those other plugins add for it.
+
+        ``model`` is needed for a family whose rules are a function of the model.
+        """
         extra = self._collect("zooadapt_rename_rules", RenameRule, family=family.name)
-        return [*family.rename_rules, *(d.item for d in extra)]
+        return [*family.rename_rules_of(model), *(d.item for d in extra)]
 
     def _builtin(self) -> set[str]:
         """Names of the plugins that come with zooadapt itself."""

@@ -459,8 +459,8 @@ def _check_rename_rules(ctx: _Context, checkpoint: CheckpointKeys | None) -> Non
 
 def _rules(ctx: _Context) -> list[RenameRule]:
     if ctx.pm is None:
-        return list(ctx.family.rename_rules)
-    return ctx.pm.rename_rules(ctx.family)
+        return list(ctx.family.rename_rules_of(ctx.model))
+    return ctx.pm.rename_rules(ctx.family, ctx.model)
 
 
 def _checkpoint_keys(ctx: _Context, checkpoint: CheckpointKeys) -> list[str] | None:

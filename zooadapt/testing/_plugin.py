@@ -40,8 +40,9 @@ def check_plugin(
     """Check a plugin on its own: its hooks, each zoo, and each family on its models.
 
     The plugin is registered alone with :func:`zooadapt.make_plugin_manager`. Each
-    declared zoo must list models, build its first ``zoo_models`` models (or the ones
-    named) on the meta device and describe their weights consistently. Each declared
+    declared zoo must list models (a zoo with ``Zoo.find`` may list none: a hub lists what
+    is cached), build its first ``zoo_models`` models (or the ones named) on the meta
+    device and describe their weights consistently. Each declared
     family is checked with :func:`check_family` on the models given for it in ``models``,
     or else on a model of the plugin's zoos that it owns; a family left without a model is
     a problem.
@@ -203,12 +204,14 @@ def _zoo_names(zoo: Zoo, report: ConformanceReport) -> list[str]:
     names = _attempt(report, "zoo", f"zoo {zoo.name!r}'s models()", lambda: list(zoo.models()))
     if names is _FAILED:
         return []
-    if not names:
+    if not names and zoo.find is None:
         report.add("zoo", f"zoo {zoo.name!r} lists no models")
+    elif not names:  # a hub zoo lists what is cached, which may be nothing
+        report.notes.append(f"zoo {zoo.name!r} lists no models; none checked")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         report.add("zoo", f"zoo {zoo.name!r} lists {_names(repeated)} more than once")
-    bad = [n for n in names if not isinstance(n, str) or not n or "/" in n]
+    bad = [n for n in names if not isinstance(n, str) or not n or n.startswith("/")]
     if bad:
         report.add("zoo", f"zoo {zoo.name!r} lists invalid model names {_names(map(str, bad))}")
     return [n for n in names if n not in bad]
