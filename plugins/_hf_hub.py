@@ -142,7 +142,8 @@ def weights(arch: str) -> list[Weights]:
             )
         ]
     refs = _repo_folder(arch) / "refs"
-    revisions = ["main", *sorted(p.name for p in refs.glob("*") if p.name != "main")]
+    cached_refs = (p.relative_to(refs).as_posix() for p in refs.rglob("*") if p.is_file())
+    revisions = ["main", *sorted(r for r in cached_refs if r != "main")]  # refs/pr/1 too
     return [_hub_weights(arch, revision) for revision in revisions]
 
 

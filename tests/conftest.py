@@ -28,11 +28,13 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZOOADAPT_OFFLINE", "1")
 
 
-def write_cached_repo(hub: Path, repo: str, folder: Path, commit: str = "a" * 40) -> Path:
+def write_cached_repo(
+    hub: Path, repo: str, folder: Path, commit: str = "a" * 40, ref: str = "main"
+) -> Path:
     """Copy a ``save_pretrained`` folder into the Hugging Face cache layout, as the Hub does.
 
     Files become blobs named by their sha256, the snapshot holds relative links to them,
-    and ``refs/main`` names the commit. Returns the snapshot folder.
+    and ``refs/<ref>`` names the commit. Returns the snapshot folder.
     """
     root = hub / f"models--{repo.replace('/', '--')}"
     snapshot = root / "snapshots" / commit
@@ -44,7 +46,7 @@ def write_cached_repo(hub: Path, repo: str, folder: Path, commit: str = "a" * 40
         blob.write_bytes(data)
         (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
     (root / "refs").mkdir(exist_ok=True)
-    (root / "refs" / "main").write_text(commit)
+    (root / "refs" / ref).write_text(commit)
     return snapshot
 
 
@@ -60,9 +62,9 @@ def hf_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def cache_repo(hf_hub: Path) -> Callable[[str, Path], Path]:
-    """``cache_repo(repo, folder)``: publish a ``save_pretrained`` folder into :func:`hf_hub`."""
-    return lambda repo, folder: write_cached_repo(hf_hub, repo, folder)
+def cache_repo(hf_hub: Path) -> Callable[..., Path]:
+    """``cache_repo(repo, folder, commit=, ref=)``: publish a folder into :func:`hf_hub`."""
+    return lambda repo, folder, **where: write_cached_repo(hf_hub, repo, folder, **where)
 
 
 @pytest.fixture

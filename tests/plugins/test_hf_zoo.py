@@ -16,6 +16,8 @@ import pytest
 import torch
 
 import zooadapt as za
+from zooadapt._core.names import resolve_name
+from zooadapt._core.pretrained import available_weights
 from zooadapt.cli import main
 from zooadapt.memory import measure_step
 
@@ -101,6 +103,21 @@ def test_a_cached_repository_loads_its_weights_labels_and_processor(published):
     assert za.anatomy(model).input_size == (32, 32)
     resnet = za.data_config(za.adapt(f"hf/{RESNET}", device="meta"))
     assert (resnet.crop_mode, resnet.resize, resnet.crop_pct) == ("center", (36,), 0.875)
+
+
+def test_a_cached_revision_is_chosen_by_pretrained(published, cache_repo, tmp_path):
+    torch.manual_seed(5)
+    newer = transformers.ViTForImageClassification(published[VIT].config).eval()
+    newer.save_pretrained(tmp_path / "v2")
+    cache_repo(VIT, tmp_path / "v2", commit="b" * 40, ref="v2")
+    ref = resolve_name(f"hf/{VIT}", za.get_plugin_manager())
+    assert [(w.tag, w.default, w.cached) for w in available_weights(ref)] == [
+        ("main", True, True),
+        ("v2", False, True),
+    ]
+    x = rand(2, 3, 32, 32)
+    chosen = za.adapt(f"hf/{VIT}", pretrained="v2")
+    torch.testing.assert_close(hf_logits(chosen, x), hf_logits(newer, x), rtol=0, atol=0)
 
 
 def test_an_unqualified_listed_name_and_an_unknown_one(published):
@@ -278,9 +295,60 @@ def test_a_backbone_checkpoint_loads_into_the_classifier_by_the_prefix_rule(publ
         assert torch.equal(model.state_dict()[f"vit.{name}"], tensor), name
 
 
-def test_the_cli_lists_and_describes_cached_repositories(published, capsys):
+def test_the_cli_lists_describes_and_predicts_with_cached_repositories(published, capsys, tmp_path):
+    from PIL import Image
+
     assert main(["list", "hf/*"]) == 0
     assert capsys.readouterr().out.split() == [f"hf/{RESNET}", f"hf/{VIT}"]
     assert main(["info", f"hf/{VIT}"]) == 0
     out = capsys.readouterr().out
     assert "hf" in out and "bicubic" in out and "owl" in out
+    assert main(["weights", f"hf/{VIT}"]) == 0
+    assert "* main  (cached, sha256 " in capsys.readouterr().out
+    pixels = torch.randint(0, 256, (48, 40, 3), generator=torch.Generator().manual_seed(3))
+    Image.fromarray(pixels.to(torch.uint8).numpy()).save(tmp_path / "photo.png")
+    assert main(["predict", f"hf/{VIT}", str(tmp_path / "photo.png"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    model = za.adapt(f"hf/{VIT}")
+    batch = za.transforms(model)(Image.open(tmp_path / "photo.png"))[None]
+    with torch.no_grad():
+        best = model(pixel_values=batch).logits[0].argmax().item()
+    assert printed[0]["top"][0]["label"] == NAMES[best]
+
+
+# -- the image processor config --------------------------------------------------------
+
+PROCESSORS = {
+    "ViT": {},
+    "DeiT": {},
+    "Beit": {},
+    "ConvNext": {"size": {"shortest_edge": 224}},
+    "ConvNext-384": {"size": {"shortest_edge": 384}},
+    "MobileNetV2": {},
+    "Bit": {},
+    "Levit": {},
+    "EfficientNet": {},
+    "EfficientNet-offset": {"rescale_offset": True, "rescale_factor": 1 / 127.5},
+}
+#: Center crops whose margin is odd on the rocket photo (256x383 -> 224): torchvision puts
+#: the crop at round(79.5) = 80, transformers at int(79.5) = 79, one pixel apart.
+ODD_MARGIN = {"ConvNext", "MobileNetV2", "Bit", "Levit"}
+
+
+@pytest.mark.parametrize("kind", sorted(PROCESSORS))
+def test_transforms_match_the_image_processor(kind):
+    """za.transforms of the processor's config gives the processor's pixel values."""
+    from PIL import Image
+    from skimage import data as photos
+    from zooadapt_plugins._hf_hub import processor_config
+
+    name = kind.partition("-")[0]
+    processor = getattr(transformers, f"{name}ImageProcessor")(**PROCESSORS[kind])
+    config = processor_config(json.loads(processor.to_json_string()), kind)
+    pipeline = za.transforms(config=config)
+    for photo in ("astronaut", "coffee", "chelsea", "rocket"):
+        image = Image.fromarray(getattr(photos, photo)())
+        expected = processor(image, return_tensors="pt").pixel_values[0]
+        difference = (pipeline(image) - expected).abs().mean().item()
+        shifted = photo == "rocket" and name in ODD_MARGIN
+        assert difference < (0.07 if shifted else 2e-4), (photo, difference)
