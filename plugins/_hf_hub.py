@@ -148,7 +148,7 @@ def weights(arch: str) -> list[Weights]:
 
 
 def _hub_weights(repo: str, revision: str) -> Weights:
-    file = next((f for f in map(lambda n: cached(repo, n, revision), WEIGHT_FILES) if f), None)
+    file = next((f for name in WEIGHT_FILES if (f := cached(repo, name, revision))), None)
     expected = _snapshot(repo, revision) / WEIGHT_FILES[0]
     blob = file.resolve().name if file is not None else ""
     return Weights(
