@@ -462,10 +462,21 @@ def test_train_transforms_augment_at_the_models_size():
     assert "RandomResizedCrop" in repr(train) and "RandomHorizontalFlip" in repr(train)
 
 
-def test_volumes_need_volume_transforms():
-    config = za.DataConfig((1, 96, 96, 96), (0.0,), (1.0,), crop_pct=1.0)
-    with pytest.raises(za.DataError, match="3-D"):
-        za.transforms(config=config)
+def test_volumes_are_normalised_per_channel_and_not_resampled():
+    config = za.DataConfig((2, 96, 96, 96), (100.0, -5.0), (50.0, 2.0), crop_pct=1.0)
+    pipeline = za.transforms(config=config)
+    volume = torch.randint(-1000, 1000, (2, 20, 30, 40), dtype=torch.int16)
+    out = pipeline(volume)
+    assert out.dtype == torch.float32 and out.shape == (2, 20, 30, 40)  # no resize
+    expected = (volume.double() - torch.tensor([100.0, -5.0]).view(2, 1, 1, 1)) / torch.tensor(
+        [50.0, 2.0]
+    ).view(2, 1, 1, 1)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-6, atol=1e-5)
+    assert pipeline(volume.numpy()[None]).shape == (1, 2, 20, 30, 40)  # arrays, batches
+    with pytest.raises(za.DataError, match="2-channel volumes"):
+        pipeline(torch.zeros(3, 8, 8, 8))
+    one = za.transforms(config=za.DataConfig((1, 8, 8, 8), (0.0,), (1.0,), crop_pct=1.0))
+    assert one(torch.ones(8, 8, 8)).shape == (1, 8, 8, 8)  # DxHxW is one channel
 
 
 # -- labels and classes= ---------------------------------------------------------------------

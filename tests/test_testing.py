@@ -74,6 +74,21 @@ def square(size: int) -> tuple[int, int, int, int]:
     return (2, 3, size, size)
 
 
+def mn(builder: str, **kwargs: Any):
+    """A factory for a MONAI network on one-channel volumes."""
+
+    def build() -> nn.Module:
+        import monai.networks.nets as nets
+
+        return getattr(nets, builder)(spatial_dims=3, **kwargs)
+
+    return build
+
+
+def cube(size: int) -> tuple[int, ...]:
+    return (2, 1, size, size, size)
+
+
 #: One or more samples for every built-in family; heavy models are checked on meta.
 SAMPLES: dict[str, list[Sample]] = {
     "alexnet": [Sample(tv("alexnet"), square(64), META)],
@@ -101,6 +116,37 @@ SAMPLES: dict[str, list[Sample]] = {
         Sample(hf("ViT", patch_size=8, image_size=32), square(32)),
         Sample(hf("ResNet"), square(32)),
     ],
+    "monai.densenet": [Sample(mn("DenseNet121", in_channels=1, out_channels=2), cube(32))],
+    "monai.resnet": [Sample(mn("resnet10", n_input_channels=1, num_classes=2), cube(16))],
+    "monai.senet": [Sample(mn("SEResNet50", in_channels=1, num_classes=2), cube(32), META)],
+    "monai.efficientnet": [
+        Sample(
+            mn(
+                "EfficientNetBN",
+                model_name="efficientnet-b0",
+                pretrained=False,
+                in_channels=1,
+                num_classes=2,
+            ),
+            cube(32),
+        )
+    ],  # fmt: skip
+    "monai.vit": [
+        Sample(
+            mn(
+                "ViT",
+                in_channels=1,
+                img_size=16,
+                patch_size=8,
+                hidden_size=48,
+                mlp_dim=64,
+                num_layers=2,
+                num_heads=4,
+                classification=True,
+            ),
+            cube(16),
+        )
+    ],  # fmt: skip
     "timm": [
         Sample(tm("resnet18"), square(64)),
         Sample(tm("vit_tiny_patch16_224"), square(224), META),

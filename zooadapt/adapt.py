@@ -152,7 +152,8 @@ def adapt(
     if checkpoint is not None:
         module = _from_checkpoint(ref, model_kwargs, request, checkpoint, str(path))
     else:
-        module = _from_zoo(ref, pretrained, on_meta, model_kwargs)
+        sized = _sized(ref, request) if pretrained is False or pretrained is None else {}
+        module = _from_zoo(ref, pretrained, on_meta, {**sized, **model_kwargs})
         _adapt_in_place(module, request, None, "", assign=False)
     setattr(module, _ORIGIN, {"model": ref.qualified, "model_kwargs": dict(model_kwargs)})
     return _finish(module, request, device, dtype)
@@ -245,6 +246,23 @@ def _from_zoo(
     module = _build(ref, local, model_kwargs)
     _record_weights(module, weights)
     return module
+
+
+def _sized(ref: ModelRef, request: _Request) -> dict[str, Any]:
+    """The requested ``in_chans``/``num_classes`` under the builder's own keywords."""
+    names = ref.zoo.item.size_arguments
+    if names is None:
+        return {}
+    try:
+        keywords = dict(names(ref.arch))
+    except Exception as err:
+        raise PluginError(
+            f"plugin {ref.zoo.plugin!r} failed naming the size arguments of {ref.qualified!r}: "
+            f"{err!r}",
+            plugin=ref.zoo.plugin,
+        ) from err
+    wanted = {"in_chans": request.in_chans, "num_classes": request.num_classes}
+    return {keywords[k]: v for k, v in wanted.items() if v is not None and k in keywords}
 
 
 def _record_weights(module: nn.Module, weights: Weights) -> None:

@@ -2,6 +2,8 @@
 
 The pipeline is ``torchvision.transforms.v2``: it takes PIL images, numpy arrays
 (``HxW`` or ``HxWxC``) and tensors (``CxHxW``, or a batch), of integer or float dtype.
+A volumetric (3-D) config gives :class:`NormalizeVolume` alone: resampling, cropping and
+augmenting volumes belong to MONAI's transforms (``Spacing``, ``ResizeWithPadOrCrop``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from zooadapt.data import data_config
 from zooadapt.errors import DataError
 from zooadapt.types import DataConfig, Family
 
-__all__ = ["MatchChannels", "Resize", "ToImageOrPIL", "pipeline", "transforms"]
+__all__ = ["MatchChannels", "NormalizeVolume", "Resize", "ToImageOrPIL", "pipeline", "transforms"]
 
 
 def transforms(
@@ -45,8 +47,12 @@ def transforms(
         family: Force a family by name, or pass a :class:`Family`.
         plugin_manager: Defaults to the one the model's family was found with.
 
+    A volumetric (3-D) config gives :class:`NormalizeVolume`: float32 and the per-channel
+    statistics, nothing resampled or cropped (``train`` adds nothing either); bring volumes
+    to the model's input size with MONAI's transforms first.
+
     Raises:
-        DataError: For a volumetric (3-D) config, which needs volume transforms.
+        DataError: If neither a model nor a config is given.
     """
     if config is None:
         if model is None:
@@ -57,10 +63,12 @@ def transforms(
 
 def pipeline(config: DataConfig, *, train: bool = False) -> v2.Compose:
     """The ``torchvision.transforms.v2`` pipeline of ``config`` (see :func:`transforms`)."""
+    if len(config.spatial_size) == 3:
+        return v2.Compose([NormalizeVolume(config.mean, config.std)])
     if len(config.spatial_size) != 2:
         raise DataError(
-            f"za.transforms builds 2-D image pipelines; this config is "
-            f"{len(config.spatial_size)}-D ({config.source}): use volume transforms (MONAI)"
+            f"za.transforms builds 2-D image and 3-D volume pipelines; this config is "
+            f"{len(config.spatial_size)}-D ({config.source})"
         )
     interpolation = InterpolationMode(config.interpolation)
     crop = list(config.spatial_size)
@@ -165,6 +173,39 @@ class Resize(nn.Module):
     def extra_repr(self) -> str:
         """Show size and interpolation."""
         return f"size={self.size}, interpolation={self.interpolation.value}"
+
+
+class NormalizeVolume(nn.Module):
+    """A volume as float32, normalised per channel: ``(x - mean[c]) / std[c]``.
+
+    Takes tensors or arrays, ``CxDxHxW``, a batch of them, or ``DxHxW`` for one channel,
+    in the intensity units the statistics are in (the defaults, 0 and 1, keep them).
+
+    Args:
+        mean: Per-channel mean.
+        std: Per-channel standard deviation.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def forward(self, volume: Any) -> torch.Tensor:
+        """Normalise ``volume``; a channel count other than the statistics' is a DataError."""
+        x = torch.as_tensor(volume).to(torch.float32)
+        x = x[None] if x.dim() == 3 else x
+        if x.dim() < 4 or x.shape[-4] != len(self.mean):
+            raise DataError(
+                f"the volume has shape {tuple(x.shape)}; the model reads {len(self.mean)}-channel "
+                "volumes, CxDxHxW (or DxHxW for one channel)"
+            )
+        shape = (len(self.mean), 1, 1, 1)
+        mean = torch.tensor(self.mean).view(shape)
+        return (x - mean) / torch.tensor(self.std).view(shape)
+
+    def extra_repr(self) -> str:
+        """Show the statistics."""
+        return f"mean={list(self.mean)}, std={list(self.std)}"
 
 
 class MatchChannels(nn.Module):

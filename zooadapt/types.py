@@ -438,6 +438,10 @@ class Zoo:
             can build, or returns ``None``: for a hub with more models than are cached,
             the name after the zoo's prefix (``hf/google/vit-base-patch16-224``), and for
             a model saved in a directory, the directory given as the model name.
+        size_arguments: ``size_arguments(arch)`` names the builder's keywords for
+            ``in_chans`` and ``num_classes`` (``{"in_chans": "in_channels",
+            "num_classes": "out_channels"}``): a model built without pretrained weights
+            is then built at the requested size instead of adapted to it.
     """
 
     name: str
@@ -446,6 +450,7 @@ class Zoo:
     weights: Callable[[str], Sequence[Weights]] = lambda arch: ()
     order: int = 100
     find: Callable[[str], str | None] | None = None
+    size_arguments: Callable[[str], Mapping[str, str]] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,229 @@
+"""MONAI's classification networks: the ``monai`` zoo, and one family per network, as data.
+
+``monai/densenet121`` builds ``monai.networks.nets.DenseNet121`` for volumes
+(``spatial_dims=3``, one input channel, two classes unless told otherwise); builder
+arguments pass through ``za.adapt`` under MONAI's own names, and ``in_chans`` /
+``num_classes`` reach the builder's ``in_channels`` / ``out_channels`` / ``num_classes``
+directly when nothing pretrained is loaded. The families cover the networks built
+outside the zoo too. No import of MONAI is needed to match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from zooadapt import AdaptError, Family, Zoo, hookimpl
+
+ZOO = "monai"
+NETS = "monai.networks.nets"
+#: What every zoo model is built with unless the caller says otherwise.
+DEFAULTS = {"spatial_dims": 3}
+DEFAULT_IN_CHANS = 1
+DEFAULT_CLASSES = 2
+
+
+def _arguments(in_chans: str, classes: str) -> dict[str, str]:
+    return {"in_chans": in_chans, "num_classes": classes}
+
+
+_DENSENET = _arguments("in_channels", "out_channels")
+_RESNET = _arguments("n_input_channels", "num_classes")
+_OTHERS = _arguments("in_channels", "num_classes")
+
+#: Zoo name -> (builder in ``monai.networks.nets``, its fixed arguments, argument names).
+BUILDERS: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
+    **{f"densenet{n}": (f"DenseNet{n}", {}, _DENSENET) for n in (121, 169, 201, 264)},
+    **{f"resnet{n}": (f"resnet{n}", {}, _RESNET) for n in (10, 18, 34, 50, 101, 152, 200)},
+    **{f"seresnet{n}": (f"SEResNet{n}", {}, _OTHERS) for n in (50, 101, 152)},
+    **{f"seresnext{n}": (f"SEResNext{n}", {}, _OTHERS) for n in (50, 101)},
+    "senet154": ("SENet154", {}, _OTHERS),
+    **{
+        f"efficientnet-b{n}": (
+            "EfficientNetBN",
+            {"model_name": f"efficientnet-b{n}", "pretrained": False},
+            _OTHERS,
+        )
+        for n in range(8)
+    },
+    "vit": (
+        "ViT",
+        {"img_size": 96, "patch_size": 16, "classification": True, "post_activation": None},
+        _OTHERS,
+    ),
+}
+
+
+# -- the zoo -------------------------------------------------------------------------------
+
+
+def _architectures() -> list[str]:
+    return sorted(BUILDERS)
+
+
+def _build(arch: str, weights: Any = None, **kwargs: Any) -> nn.Module:
+    """The MONAI builder with the zoo's defaults, overridden by ``kwargs``."""
+    builder, fixed, names = BUILDERS[arch]
+    sizes = {names["in_chans"]: DEFAULT_IN_CHANS, names["num_classes"]: DEFAULT_CLASSES}
+    return getattr(_nets(arch), builder)(**{**DEFAULTS, **sizes, **fixed, **kwargs})
+
+
+def _nets(arch: str) -> Any:
+    try:
+        import monai.networks.nets as nets
+    except ImportError as err:
+        raise AdaptError(
+            f"{ZOO}/{arch} needs MONAI: pip install 'zooadapt[monai]' (or pip install monai)"
+        ) from err
+    return nets
+
+
+def _size_arguments(arch: str) -> Mapping[str, str]:
+    return BUILDERS[arch][2]
+
+
+# -- the families ------------------------------------------------------------------------------
+
+
+def _densenet_groups(model: nn.Module) -> list[tuple[str, str]]:
+    """The stem, one group per dense block with the transition after it, the head."""
+    blocks = sum(1 for name, _ in model.features.named_children() if name.startswith("denseblock"))
+    groups = [("stem", r"^features\.(conv0|norm0)\.")]
+    groups += [
+        (f"block{i}", rf"^features\.(denseblock{i}|transition{i})\.") for i in range(1, blocks)
+    ]
+    groups.append((f"block{blocks}", rf"^features\.(denseblock{blocks}|norm5)\."))
+    return [*groups, ("head", r"^class_layers\.")]
+
+
+DENSENET = Family(
+    name="monai.densenet",
+    classes=(f"{NETS}.densenet.DenseNet",),
+    head="class_layers.out",
+    stem="features.conv0",
+    groups=_densenet_groups,
+)
+
+
+def _reset_resnet_head(model: nn.Module, num_classes: int) -> None:
+    """A classifier for a MedicalNet-style ResNet built with ``feed_forward=False``."""
+    features = model.layer4[-1]
+    width = next(m for m in reversed(list(features.modules())) if hasattr(m, "num_features"))
+    model.fc = nn.Linear(width.num_features, num_classes)
+
+
+RESNET = Family(
+    name="monai.resnet",
+    classes=(f"{NETS}.resnet.ResNet",),
+    head="fc",
+    stem="conv1",
+    groups={
+        "stem": r"^(conv1|bn1)\.",
+        **{f"layer{i}": rf"^layer{i}\." for i in range(1, 5)},
+        "head": r"^fc\.",
+    },
+    reset_head=_reset_resnet_head,
+)
+
+SENET = Family(
+    name="monai.senet",
+    classes=(f"{NETS}.senet.SENet",),
+    head="last_linear",
+    stem="layer0.conv1",
+    groups={
+        "stem": r"^layer0\.",
+        **{f"layer{i}": rf"^layer{i}\." for i in range(1, 5)},
+        "head": r"^last_linear\.",
+    },
+)
+
+
+def _efficientnet_groups(model: nn.Module) -> list[tuple[str, str]]:
+    """The stem, one group per stage of ``_blocks``, the final conv, the head."""
+    stages = [(f"stage{i}", rf"^_blocks\.{i}\.") for i in range(len(model._blocks))]
+    return [
+        ("stem", r"^(_conv_stem|_bn0)\."),
+        *stages,
+        ("neck", r"^(_conv_head|_bn1)\."),
+        ("head", r"^_fc\."),
+    ]
+
+
+EFFICIENTNET = Family(
+    name="monai.efficientnet",
+    classes=(f"{NETS}.efficientnet.EfficientNet",),
+    head="_fc",
+    stem="_conv_stem",
+    groups=_efficientnet_groups,
+)
+
+
+def _vit_head(model: nn.Module) -> tuple[str, ...]:
+    head = getattr(model, "classification_head", None)
+    if isinstance(head, nn.Sequential):  # Linear, then the post activation
+        return ("classification_head.0",)
+    return ("classification_head",) if head is not None else ()
+
+
+def _vit_stem(model: nn.Module) -> str | None:
+    path = "patch_embedding.patch_embeddings"
+    return path if isinstance(model.get_submodule(path), nn.modules.conv._ConvNd) else None
+
+
+def _vit_groups(model: nn.Module) -> list[tuple[str, str]]:
+    blocks = [(f"blocks.{i}", rf"^blocks\.{i}\.") for i in range(len(model.blocks))]
+    return [
+        ("embeddings", r"^(patch_embedding\.|cls_token$)"),
+        *blocks,
+        ("neck", r"^norm\."),
+        ("head", r"^classification_head\."),
+    ]
+
+
+def _vit_input_size(model: nn.Module) -> tuple[int, ...] | None:
+    """The volume the position embedding was made for, when its patch grid is a cube."""
+    embedding = model.patch_embedding
+    kernel = getattr(embedding.patch_embeddings, "kernel_size", None)
+    if kernel is None:
+        return None
+    patches, dims = int(embedding.n_patches), len(kernel)
+    side = round(patches ** (1 / dims))
+    return tuple(side * k for k in kernel) if side**dims == patches else None
+
+
+def _vit_call(model: nn.Module, images: Any) -> Any:
+    """MONAI's ViT returns ``(logits, hidden states)``."""
+    return model(images)[0]
+
+
+VIT = Family(
+    name="monai.vit",
+    classes=(f"{NETS}.vit.ViT",),
+    head=_vit_head,
+    stem=_vit_stem,
+    groups=_vit_groups,
+    call=_vit_call,
+    input_size=_vit_input_size,
+)
+
+
+@hookimpl
+def zooadapt_families() -> list[Family]:
+    """MONAI's DenseNet, ResNet, SENet, EfficientNet and ViT classifiers."""
+    return [DENSENET, RESNET, SENET, EFFICIENTNET, VIT]
+
+
+@hookimpl
+def zooadapt_zoos() -> list[Zoo]:
+    """The MONAI zoo of classification networks."""
+    return [
+        Zoo(
+            name=ZOO,
+            models=_architectures,
+            build=_build,
+            order=40,
+            size_arguments=_size_arguments,
+        )
+    ]
