@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from zooadapt import AdaptError, Family, Zoo, hookimpl
+from zooadapt import AdaptError, Family, RenameRule, Zoo, hookimpl
 
 ZOO = "monai"
 NETS = "monai.networks.nets"
@@ -98,12 +98,24 @@ def _densenet_groups(model: nn.Module) -> list[tuple[str, str]]:
     return [*groups, ("head", r"^class_layers\.")]
 
 
+#: torchvision's DenseNet keys (``denselayer1.norm1``, legacy ``norm.1``, ``classifier``),
+#: so that its 2-D ImageNet weights load (and inflate) into MONAI's layout.
+TORCHVISION_DENSENET = (
+    RenameRule(
+        r"^(features\.denseblock\d+\.denselayer\d+)\.(norm|conv)\.?([12])\.",
+        r"\1.layers.\2\3.",
+        name="torchvision denselayer -> MONAI layers",
+    ),
+    RenameRule(r"^classifier\.", "class_layers.out.", name="torchvision classifier"),
+)
+
 DENSENET = Family(
     name="monai.densenet",
     classes=(f"{NETS}.densenet.DenseNet",),
     head="class_layers.out",
     stem="features.conv0",
     groups=_densenet_groups,
+    rename_rules=TORCHVISION_DENSENET,
 )
 
 

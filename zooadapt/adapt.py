@@ -30,6 +30,7 @@ from zooadapt.freeze import select as select_frozen
 from zooadapt.labels import check_classes, labels, record_labels, resolve_classes
 from zooadapt.loading import (
     Targets,
+    check_inflate,
     checkpoint_rules,
     head_rows,
     load_state,
@@ -58,6 +59,7 @@ class _Request:
     classes: list[str | int] | None = None
     mean: Sequence[float | None] | None = None
     std: Sequence[float | None] | None = None
+    inflate: str | None = None
 
     @property
     def restats(self) -> bool:
@@ -76,6 +78,7 @@ def adapt(
     mean: Sequence[float | None] | None = None,
     std: Sequence[float | None] | None = None,
     pretrained: bool | str | os.PathLike[str] = True,
+    inflate: str | None = None,
     freeze: FreezeSpec = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
@@ -105,8 +108,14 @@ def adapt(
             derived ones), e.g. for a NIR band; the stem keeps its filters for it.
         std: Per-channel standard deviations, like ``mean``.
         pretrained: ``True`` for the zoo's default weights, ``False`` for random
-            initialisation, a weights tag (``"IMAGENET1K_V1"``), or a checkpoint path.
+            initialisation, a weights tag (``"IMAGENET1K_V1"``), a checkpoint path, or
+            another registry model's weights (``"torchvision/densenet121"``,
+            ``"timm/resnet18.a1_in1k"``), loaded as a checkpoint file.
             A module argument keeps its own weights unless a path is given.
+        inflate: ``"spread"`` or ``"center"`` loads a 2-D checkpoint into a 3-D model,
+            each kernel inflated along depth: ``"spread"`` divides it evenly, so that a
+            volume constant along depth gives the 2-D activations away from the depth
+            borders; ``"center"`` puts it in the centre slice (exact everywhere).
         freeze: Freeze spec passed to :func:`zooadapt.freeze` (``"backbone"``, a group
             name, a group count, a list of groups or regexes), with BatchNorm frozen.
         device: Where the result lives. ``"meta"`` builds without allocating memory and
@@ -132,10 +141,14 @@ def adapt(
         raise AdaptError(
             f"num_classes={num_classes} but classes lists {len(entries)}; give one of them"
         )
+    check_inflate(inflate)
     request = _Request(
-        num_classes, in_chans, stem_init, freeze, family, plugin_manager, entries, mean, std
-    )
+        num_classes, in_chans, stem_init, freeze, family, plugin_manager, entries, mean, std,
+        inflate,
+    )  # fmt: skip
     on_meta = device is not None and torch.device(device).type == "meta"
+    if not on_meta:
+        pretrained = _referenced_file(pretrained, request.pm or get_plugin_manager())
     path = pretrained if _is_path(pretrained) and not on_meta else None
     checkpoint = (
         read_state_dict(path, trust_pickle=trust_pickle)  # type: ignore[arg-type]
@@ -199,6 +212,20 @@ def _check_module_arguments(
             f"pretrained={pretrained!r} names zoo weights; a module argument takes "
             "True/False or a checkpoint path"
         )
+
+
+def _referenced_file(pretrained: object, pm: PluginManager) -> object:
+    """The local file of weights named by registry reference (``torchvision/densenet121``).
+
+    Anything else (a flag, a tag, an existing path) is returned as it is.
+    """
+    if not isinstance(pretrained, str) or Path(pretrained).exists():
+        return pretrained
+    zoo, slash, _ = pretrained.partition("/")
+    if not slash or zoo not in {z.item.name for z in pm.zoos()}:
+        return pretrained
+    ref = resolve_name(pretrained, pm)
+    return ensure_local(select_weights(ref, ref.tag or True), ref)
 
 
 def _is_path(pretrained: object) -> bool:
@@ -369,7 +396,13 @@ def _adapt_in_place(
     plan_sync(plan, model, declared, after_state)
     if request.freeze is not None:  # validate the spec before anything changes
         select_frozen(anat.groups, request.freeze, [n for n, _ in model.named_parameters()])
-    targets = Targets.of(anat, request.stem_init, new_heads=plan.replaces_heads, stats=stats)
+    targets = Targets.of(
+        anat,
+        request.stem_init,
+        new_heads=plan.replaces_heads,
+        stats=stats,
+        inflate=request.inflate,
+    )
     try:
         plan.apply(model)  # inside: a reset_head that fails half-way is undone too
         if checkpoint is not None:

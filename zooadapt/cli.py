@@ -296,6 +296,7 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
         num_classes=args.num_classes,
         in_chans=args.in_chans,
         stem_init=args.stem_init,
+        inflate=args.inflate,
         classes=classes,
         mean=args.mean,
         std=args.std,
@@ -577,7 +578,16 @@ def _add_adapt(commands: Any) -> None:
     adapting.add_argument("--in-chans", type=int)
     adapting.add_argument("--stem-init", choices=("sum", "repeat", "zeros"))
     adapting.add_argument(
-        "--pretrained", default="default", help="default, none, a weights tag, or a file"
+        "--inflate",
+        choices=("spread", "center"),
+        help="load a 2-D --pretrained checkpoint into a 3-D model, each kernel inflated "
+        "along depth",
+    )
+    adapting.add_argument(
+        "--pretrained",
+        default="default",
+        help="default, none, a weights tag, a file, or another model's weights "
+        "(torchvision/densenet121)",
     )
     adapting.add_argument(
         "--trust-pickle",

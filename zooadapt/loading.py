@@ -20,19 +20,23 @@ from zooadapt._core.files import Source, read_state_dict
 from zooadapt._core.meta import gc_paused
 from zooadapt._core.plugins import Declared, PluginManager
 from zooadapt._core.surgery import (
+    INFLATE_MODES,
     StemInit,
     StemStats,
     adapt_stem,
     default_stem_init,
+    inflatable,
+    inflate_kernel,
     owner_of,
     stem_in_chans,
 )
 from zooadapt.data import data_config, pretrained_config
-from zooadapt.errors import CheckpointError, FamilyNotFoundError
+from zooadapt.errors import AdaptError, CheckpointError, FamilyNotFoundError
 from zooadapt.types import Anatomy, Family, RenameRule, StemLayout
 
 __all__ = [
     "GENERIC_RULES",
+    "check_inflate",
     "checkpoint_rules",
     "LoadReport",
     "Targets",
@@ -105,6 +109,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     cast: dict[str, tuple[str, str]] = field(default_factory=dict)
     invalid: dict[str, str] = field(default_factory=dict)
+    inflated: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -114,6 +119,7 @@ class LoadReport:
     def __str__(self) -> str:
         sections = [
             ("renamed", [f"{old} -> {new} ({rule})" for old, (new, rule) in self.renamed.items()]),
+            ("inflated", [f"{k} (2-D kernel along depth)" for k in self.inflated]),
             ("adapted", [f"{k} (input channels)" for k in self.adapted]),
             ("dropped", [f"{k} (head replaced)" for k in self.dropped]),
             ("cast", [f"{k}: {got} -> {want}" for k, (got, want) in self.cast.items()]),
@@ -146,6 +152,7 @@ class Targets:
     stem_layout: StemLayout = StemLayout()
     new_heads: bool = False
     stats: StemStats | None = None
+    inflate: str | None = None
 
     @classmethod
     def of(
@@ -155,6 +162,7 @@ class Targets:
         *,
         new_heads: bool = False,
         stats: StemStats | None = None,
+        inflate: str | None = None,
     ) -> Targets:
         """The heads and stems an :class:`Anatomy` declares.
 
@@ -164,8 +172,10 @@ class Targets:
             new_heads: The heads were just replaced, so the checkpoint need not hold them.
             stats: Statistics that a ``sum``-adapted stem is folded with (the
                 checkpoint's, and the model's).
+            inflate: How 2-D kernels of the checkpoint become the model's 3-D ones
+                (:func:`zooadapt._core.surgery.inflate_kernel`); ``None`` refuses them.
         """
-        return cls(anat.head, anat.stems, stem_init, anat.stem_layout, new_heads, stats)
+        return cls(anat.head, anat.stems, stem_init, anat.stem_layout, new_heads, stats, inflate)
 
     def is_stem(self, key: str) -> bool:
         """Whether ``key`` is a stem's weight."""
@@ -212,6 +222,9 @@ def load_state(
     for key, tensor in renamed_state.items():
         want = own.get(key)
         problem = _uninstallable(tensor)
+        if targets.inflate and want is not None and not problem and inflatable(tensor, want):
+            tensor = inflate_kernel(tensor, want.shape[2], targets.inflate)
+            report.inflated.append(key)
         if want is None:
             report.unexpected.append(key)
         elif problem:
@@ -242,13 +255,32 @@ def load_state(
             f"{source} cannot be loaded into {type(model).__qualname__}:\n{report}"
         )
     if strict and not report.ok:
-        raise CheckpointError(f"{source} does not fit {type(model).__qualname__}:\n{report}")
+        raise CheckpointError(
+            f"{source} does not fit {type(model).__qualname__}:\n{report}{_inflate_hint(report)}"
+        )
     if assign:
         model.load_state_dict(_with_metadata(final, state, own, renamed), strict=False, assign=True)
     else:
         _copy_into(model, final)
     report.loaded = sorted(final)
     return report
+
+
+def check_inflate(inflate: object) -> None:
+    """Refuse an ``inflate`` that is neither ``None`` nor one of ``INFLATE_MODES``."""
+    if inflate is not None and inflate not in INFLATE_MODES:
+        raise AdaptError(f"inflate={inflate!r} is not one of {INFLATE_MODES} (or None)")
+
+
+def _inflate_hint(report: LoadReport) -> str:
+    """A hint when the mismatches are 2-D kernels meeting 3-D ones."""
+    flat = any(len(want) == len(got) + 1 for got, want in report.mismatched.values())
+    if not flat:
+        return ""
+    return (
+        "\n2-D kernels for a 3-D model: pass inflate='spread' (divided over the depth) or "
+        "inflate='center' (the centre slice) to inflate them"
+    )
 
 
 def _adapted_stem(
@@ -430,6 +462,7 @@ def load_weights(
     trust_pickle: bool = False,
     map_location: str | torch.device | None = None,
     stem_init: StemInit | None = None,
+    inflate: str | None = None,
     family: str | Family | None = None,
     plugin_manager: PluginManager | None = None,
 ) -> LoadReport:
@@ -452,6 +485,10 @@ def load_weights(
         map_location: Where to read the tensors before they are copied into the model's
             own (default: the CPU).
         stem_init: Strategy for a stem whose channel count differs.
+        inflate: ``"spread"`` or ``"center"``: a 2-D checkpoint's kernels are inflated
+            along depth into a 3-D model's (listed as ``inflated`` in the report; see
+            :func:`zooadapt._core.surgery.inflate_kernel`); ``None`` reports them as
+            mismatched.
         family: Force the family by name or pass a :class:`Family`; without one, a model
             no family understands loads with the generic rules only.
         plugin_manager: Defaults to the one the model's family was found with, else the
@@ -475,6 +512,11 @@ def load_weights(
     state = read_state_dict(source, key=key, trust_pickle=trust_pickle, map_location=map_location)
     pm = plugin_manager or manager_of(model)
     all_rules = [*checkpoint_rules(model, declared, pm), *extra]
-    targets = Targets.of(anat, stem_init, stats=_stem_stats(model)) if anat else Targets()
+    check_inflate(inflate)
+    targets = (
+        Targets.of(anat, stem_init, stats=_stem_stats(model), inflate=inflate)
+        if anat
+        else Targets(inflate=inflate)
+    )
     label = str(getattr(source, "name", source))
     return load_state(model, state, rules=all_rules, targets=targets, strict=strict, source=label)

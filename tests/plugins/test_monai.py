@@ -178,3 +178,101 @@ def test_the_cli_adapts_and_estimates_volumes(tmp_path: Path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [row["setting"] for row in rows] == ["none", "backbone"]
     assert rows[0]["total"] > rows[1]["total"]
+
+
+# -- 2-D to 3-D inflation ------------------------------------------------------------------
+
+#: torchvision's ResNet as MONAI builds it: B shortcuts without bias, a strided stem.
+TORCHVISION_RESNET = {"shortcut_type": "B", "bias_downsample": False, "conv1_t_stride": 2}
+
+
+def _torchvision_file(tmp_path: Path, arch: str) -> tuple[torch.nn.Module, Path]:
+    import torchvision
+
+    torch.manual_seed(1)
+    model = torchvision.models.get_model(arch).eval()
+    torch.save(model.state_dict(), tmp_path / f"{arch}.pth")
+    return model, tmp_path / f"{arch}.pth"
+
+
+def _constant_depth(image: torch.Tensor, depth: int) -> torch.Tensor:
+    return image.unsqueeze(2).expand(-1, -1, depth, -1, -1).contiguous()
+
+
+@pytest.mark.parametrize(
+    ("arch", "kwargs"), [("densenet121", {}), ("resnet18", TORCHVISION_RESNET)]
+)
+def test_center_inflation_reproduces_the_2d_logits_on_a_depth_constant_volume(
+    tmp_path, arch, kwargs
+):
+    """Every kernel in its centre slice: each depth slice is the 2-D network's input."""
+    flat, file = _torchvision_file(tmp_path, arch)
+    model = za.adapt(f"monai/{arch}", pretrained=file, inflate="center", **kwargs).eval()
+    image = volume(2, 3, 32, 32, seed=7)
+    with torch.no_grad():
+        expected = flat(image)
+        torch.testing.assert_close(
+            model(_constant_depth(image, 32)), expected, rtol=1e-4, atol=1e-5
+        )
+
+
+def test_spread_inflation_gives_the_2d_stem_output_away_from_the_depth_borders(tmp_path):
+    flat, file = _torchvision_file(tmp_path, "densenet121")
+    model = za.adapt("monai/densenet121", num_classes=3, in_chans=3, pretrained=False)
+    report = za.load_weights(model, file, inflate="spread")
+    convs = [k for k, v in flat.state_dict().items() if v.dim() == 4]
+    assert len(report.inflated) == len(convs) == 120  # every conv, under MONAI's names
+    assert all(model.state_dict()[k].dim() == 5 for k in report.inflated)
+    assert "features.conv0.weight" in report.inflated and "inflated" in str(report)
+    image = volume(1, 3, 32, 32, seed=8)
+    with torch.no_grad():
+        flat_out = flat.features.conv0(image)  # kernel 7, stride 2, padding 3
+        deep_out = model.features.conv0(_constant_depth(image, 16))
+    interior = range(2, 6)  # output slices whose 7 input slices are all inside the volume
+    for z in interior:
+        torch.testing.assert_close(deep_out[:, :, z], flat_out, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(deep_out[:, :, 0], flat_out, atol=1e-3)  # the border differs
+
+
+def test_inflation_adapts_the_stem_channels_too_and_is_refused_without_inflate(tmp_path):
+    flat, file = _torchvision_file(tmp_path, "resnet18")
+    with pytest.raises(za.CheckpointError, match="inflate='spread'"):
+        za.adapt("monai/resnet18", pretrained=file, **TORCHVISION_RESNET)
+    with pytest.raises(za.AdaptError, match="inflate='middle' is not one of"):
+        za.adapt("monai/resnet18", pretrained=file, inflate="middle")
+    gray = za.adapt(
+        "monai/resnet18", pretrained=file, in_chans=1, num_classes=3, inflate="center",
+        **TORCHVISION_RESNET,
+    ).eval()  # fmt: skip
+    image = volume(2, 1, 32, 32, seed=9)
+    with torch.no_grad():  # the head is new: compare the features, gray as RGB
+        features = torch.nn.Sequential(*list(flat.children())[:-1])(image.expand(-1, 3, -1, -1))
+        gray.fc = torch.nn.Identity()
+        torch.testing.assert_close(
+            gray(_constant_depth(image, 16)), features.flatten(1), rtol=1e-4, atol=1e-5
+        )
+
+
+def test_a_registry_reference_is_inflated_from_the_zoos_cached_weights(
+    tmp_path, monkeypatch, hf_hub, cache_repo
+):
+    """``pretrained="timm/resnet18.a1_in1k"``: timm's cached weights, inflated."""
+    import huggingface_hub.constants
+    import timm
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_hub))
+    torch.manual_seed(2)
+    flat = timm.create_model("resnet18.a1_in1k").eval()
+    (tmp_path / "timm").mkdir()
+    save_file(flat.state_dict(), tmp_path / "timm" / "model.safetensors")
+    cache_repo("timm/resnet18.a1_in1k", tmp_path / "timm")
+    model = za.adapt(
+        "monai/resnet18", pretrained="timm/resnet18.a1_in1k", inflate="center",
+        **TORCHVISION_RESNET,
+    ).eval()  # fmt: skip
+    image = volume(2, 3, 32, 32, seed=10)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(_constant_depth(image, 16)), flat(image), rtol=1e-4, atol=1e-5
+        )

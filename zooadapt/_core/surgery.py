@@ -17,9 +17,12 @@ from zooadapt.errors import AdaptError
 from zooadapt.types import StemLayout
 
 __all__ = [
+    "INFLATE_MODES",
     "StemInit",
     "StemStats",
     "adapt_conv_weight",
+    "inflatable",
+    "inflate_kernel",
     "adapt_stem",
     "adapt_stem_weight",
     "check_stem",
@@ -92,6 +95,48 @@ def make_head(old: nn.Module, num_classes: int) -> nn.Module:
 def default_stem_init(in_chans: int) -> str:
     """``"sum"`` for one channel, ``"repeat"`` otherwise (timm's rule)."""
     return "sum" if in_chans == 1 else "repeat"
+
+
+#: How a 2-D kernel becomes a 3-D one (:func:`inflate_kernel`).
+INFLATE_MODES = ("spread", "center")
+
+
+def inflatable(weight: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether ``weight`` is ``target``'s kernel with one dimension less: 2-D for 3-D.
+
+    The output channels and the spatial sizes after the depth must agree; the input
+    channels may differ (a stem then has its channels adapted as well).
+    """
+    return (
+        weight.dim() >= 3
+        and target.dim() == weight.dim() + 1
+        and weight.shape[:1] == target.shape[:1]
+        and weight.shape[2:] == target.shape[3:]
+    )
+
+
+def inflate_kernel(weight: torch.Tensor, depth: int, mode: str) -> torch.Tensor:
+    """A ``(out, in, kh, kw)`` kernel inflated to ``(out, in, depth, kh, kw)``.
+
+    Args:
+        weight: The 2-D (or, in general, N-D) convolution weight.
+        depth: Kernel size along the new leading spatial dimension.
+        mode: ``"spread"`` divides the kernel evenly over the depth, so that a volume
+            constant along depth gives the 2-D activations away from the depth borders;
+            ``"center"`` puts it in the centre slice and zeros elsewhere, so that every
+            slice is convolved on its own (exact everywhere).
+
+    Raises:
+        AdaptError: For an unknown ``mode``.
+    """
+    if mode not in INFLATE_MODES:
+        raise AdaptError(f"inflate={mode!r} is not one of {INFLATE_MODES}")
+    inflated = weight.unsqueeze(2)
+    if mode == "spread":
+        return inflated.expand(-1, -1, depth, *weight.shape[2:]).div(depth).contiguous()
+    out = weight.new_zeros(*weight.shape[:2], depth, *weight.shape[2:])
+    out[:, :, depth // 2] = weight
+    return out
 
 
 def adapt_conv_weight(weight: torch.Tensor, in_chans: int, init: StemInit) -> torch.Tensor:
