@@ -147,16 +147,26 @@ def weights(arch: str) -> list[Weights]:
     return [_hub_weights(arch, revision) for revision in revisions]
 
 
+def is_sha256(name: str) -> bool:
+    """Whether a cache blob's name is a sha256 (the Hub names LFS blobs by theirs)."""
+    return bool(_SHA256.match(name))
+
+
+def expected_file(repo: str, revision: str, filename: str) -> Path:
+    """Where ``filename`` of ``repo`` at ``revision`` goes in the cache."""
+    return _snapshot(repo, revision) / filename
+
+
 def _hub_weights(repo: str, revision: str) -> Weights:
     file = next((f for name in WEIGHT_FILES if (f := cached(repo, name, revision))), None)
-    expected = _snapshot(repo, revision) / WEIGHT_FILES[0]
+    expected = expected_file(repo, revision, WEIGHT_FILES[0])
     blob = file.resolve().name if file is not None else ""
     return Weights(
         model=f"{ZOO}/{repo}",
         tag=revision,
         url=f"https://huggingface.co/{repo}/resolve/{revision}/{(file or expected).name}",
         file=file or expected,
-        sha256=blob if _SHA256.match(blob) else "",  # the cache names LFS blobs by sha256
+        sha256=blob if is_sha256(blob) else "",
         default=revision == "main",
         source=(
             f"Hugging Face Hub repo {repo}: {CONFIG}, {PROCESSOR} and one of "

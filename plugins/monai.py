@@ -11,11 +11,22 @@ outside the zoo too. No import of MONAI is needed to match.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from torch import nn
+from zooadapt_plugins import _hf_hub as hub
 
-from zooadapt import AdaptError, Family, RenameRule, Zoo, hookimpl
+from zooadapt import (
+    AdaptError,
+    CheckpointError,
+    Family,
+    RenameRule,
+    Weights,
+    Zoo,
+    hookimpl,
+    load_weights,
+)
 
 ZOO = "monai"
 NETS = "monai.networks.nets"
@@ -56,6 +67,26 @@ BUILDERS: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
 }
 
 
+#: MedicalNet (Chen et al. 2019): 3-D ResNets pretrained on medical segmentation, one input
+#: channel, no classifier; published by Tencent on the Hugging Face Hub.
+MEDICALNET_REPO = "TencentMedicalNet/MedicalNet-Resnet{depth}"
+#: Depths with weights trained on 23 datasets, besides the 8-dataset ones.
+MEDICALNET_23 = (10, 18, 34, 50)
+#: The segmentation head of MedicalNet checkpoints, which a classifier does not have.
+SEGMENTATION_HEAD = "conv_seg."
+
+
+def medicalnet_arguments(depth: int) -> dict[str, Any]:
+    """The builder arguments MedicalNet weights of ``depth`` need (MONAI's own table)."""
+    return {
+        "spatial_dims": 3,
+        "n_input_channels": 1,
+        "feed_forward": False,
+        "shortcut_type": "A" if depth in (18, 34) else "B",
+        "bias_downsample": depth in (18, 34),
+    }
+
+
 # -- the zoo -------------------------------------------------------------------------------
 
 
@@ -63,11 +94,70 @@ def _architectures() -> list[str]:
     return sorted(BUILDERS)
 
 
-def _build(arch: str, weights: Any = None, **kwargs: Any) -> nn.Module:
-    """The MONAI builder with the zoo's defaults, overridden by ``kwargs``."""
+def _build(arch: str, weights: Weights | None = None, **kwargs: Any) -> nn.Module:
+    """The MONAI builder with the zoo's defaults, overridden by ``kwargs``.
+
+    MedicalNet weights build the headless one-channel ResNet they were trained as, and
+    load through zooadapt's loader: the ``module.`` prefix goes by the generic rule, the
+    segmentation head ``conv_seg.*`` is left out.
+    """
     builder, fixed, names = BUILDERS[arch]
-    sizes = {names["in_chans"]: DEFAULT_IN_CHANS, names["num_classes"]: DEFAULT_CLASSES}
-    return getattr(_nets(arch), builder)(**{**DEFAULTS, **sizes, **fixed, **kwargs})
+    if weights is None:
+        sizes = {names["in_chans"]: DEFAULT_IN_CHANS, names["num_classes"]: DEFAULT_CLASSES}
+        return getattr(_nets(arch), builder)(**{**DEFAULTS, **sizes, **fixed, **kwargs})
+    needed = medicalnet_arguments(_depth(arch))
+    clash = {k: v for k, v in kwargs.items() if k in needed and needed[k] != v}
+    if clash:
+        raise AdaptError(
+            f"{ZOO}/{arch} MedicalNet weights need {needed}; got {clash}: drop them, or "
+            "pass pretrained=False"
+        )
+    model = getattr(_nets(arch), builder)(**{**kwargs, **needed})
+    report = load_weights(model, weights.file, strict=False)
+    stray = [k for k in report.unexpected if not k.startswith(SEGMENTATION_HEAD)]
+    if stray or report.missing or report.mismatched:
+        raise CheckpointError(f"{weights.file} is not MedicalNet's {arch}:\n{report}")
+    return model
+
+
+def _depth(arch: str) -> int:
+    return int(arch.removeprefix("resnet"))
+
+
+def _weights(arch: str) -> list[Weights]:
+    """MedicalNet's weights for the ResNets: 23 datasets (the default) where published."""
+    if not arch.startswith("resnet"):
+        return []
+    depth = _depth(arch)
+    tags = (
+        [("medicalnet_23datasets", f"resnet_{depth}_23dataset.pth")]
+        if depth in MEDICALNET_23
+        else []
+    )
+    tags.append(("medicalnet", f"resnet_{depth}.pth"))
+    return [_medicalnet(arch, depth, tag, file, i == 0) for i, (tag, file) in enumerate(tags)]
+
+
+def _medicalnet(arch: str, depth: int, tag: str, filename: str, default: bool) -> Weights:
+    repo = MEDICALNET_REPO.format(depth=depth)
+    file = hub.cached(repo, filename)
+    blob = file.resolve().name if file is not None else ""
+    return Weights(
+        model=f"{ZOO}/{arch}",
+        tag=tag,
+        url=f"https://huggingface.co/{repo}/resolve/main/{filename}",
+        file=file or hub.expected_file(repo, "main", filename),
+        sha256=blob if hub.is_sha256(blob) else "",
+        default=default,
+        source=f"Hugging Face Hub repo {repo}, file {filename} (MedicalNet)",
+        download=lambda: _download(repo, filename),
+    )
+
+
+def _download(repo: str, filename: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo, filename, cache_dir=hub.cache_dir()))
 
 
 def _nets(arch: str) -> Any:
@@ -126,16 +216,23 @@ def _reset_resnet_head(model: nn.Module, num_classes: int) -> None:
     model.fc = nn.Linear(width.num_features, num_classes)
 
 
+def _resnet_head(model: nn.Module) -> tuple[str, ...]:
+    """``fc``, or none for a MedicalNet-style feature extractor (``feed_forward=False``)."""
+    return ("fc",) if isinstance(model.fc, nn.Module) else ()
+
+
+def _resnet_groups(model: nn.Module) -> list[tuple[str, str]]:
+    layers = [(f"layer{i}", rf"^layer{i}\.") for i in range(1, 5)]
+    head = [("head", r"^fc\.")] if _resnet_head(model) else []
+    return [("stem", r"^(conv1|bn1)\."), *layers, *head]
+
+
 RESNET = Family(
     name="monai.resnet",
     classes=(f"{NETS}.resnet.ResNet",),
-    head="fc",
+    head=_resnet_head,
     stem="conv1",
-    groups={
-        "stem": r"^(conv1|bn1)\.",
-        **{f"layer{i}": rf"^layer{i}\." for i in range(1, 5)},
-        "head": r"^fc\.",
-    },
+    groups=_resnet_groups,
     reset_head=_reset_resnet_head,
 )
 
@@ -235,6 +332,7 @@ def zooadapt_zoos() -> list[Zoo]:
             name=ZOO,
             models=_architectures,
             build=_build,
+            weights=_weights,
             order=40,
             size_arguments=_size_arguments,
         )

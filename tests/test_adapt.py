@@ -62,7 +62,9 @@ def test_unknown_zoo_lists_zoos():
 def test_list_models_filters_bare_and_qualified_names():
     found = za.list_models("resnet1*")
     assert found[:3] == ["torchvision/resnet101", "torchvision/resnet152", "torchvision/resnet18"]
-    assert set(found[3:]) == {f"timm/{a}" for a in timm.list_models("resnet1*")}
+    timm_names = [f"timm/{a}" for a in timm.list_models("resnet1*")]
+    assert set(found[3 : 3 + len(timm_names)]) == set(timm_names)
+    assert found[3 + len(timm_names) :] == [f"monai/resnet{n}" for n in (10, 101, 152, 18)]
     assert za.list_models("torchvision/vit_b_*") == ["torchvision/vit_b_16", "torchvision/vit_b_32"]
 
 

@@ -276,3 +276,48 @@ def test_a_registry_reference_is_inflated_from_the_zoos_cached_weights(
         torch.testing.assert_close(
             model(_constant_depth(image, 16)), flat(image), rtol=1e-4, atol=1e-5
         )
+
+
+# -- MedicalNet ----------------------------------------------------------------------------
+
+
+def _publish_medicalnet(tmp_path: Path, cache_repo, depth: int, filename: str):
+    """A MedicalNet-layout file: DataParallel keys, a segmentation head, under state_dict."""
+    from zooadapt_plugins.monai import medicalnet_arguments
+
+    torch.manual_seed(3)
+    net = getattr(monai.networks.nets, f"resnet{depth}")(**medicalnet_arguments(depth))
+    state = {f"module.{k}": v for k, v in net.state_dict().items()}
+    state["module.conv_seg.0.weight"] = torch.rand(32, 512, 3, 3, 3)
+    folder = tmp_path / "medicalnet"
+    folder.mkdir()
+    torch.save({"state_dict": state}, folder / filename)
+    cache_repo(f"TencentMedicalNet/MedicalNet-Resnet{depth}", folder)
+    return net
+
+
+def test_medicalnet_weights_load_headless_then_get_a_head_and_channels(tmp_path, cache_repo):
+    net = _publish_medicalnet(tmp_path, cache_repo, 10, "resnet_10_23dataset.pth")
+    model = za.adapt("monai/resnet10", num_classes=3, in_chans=2, freeze="backbone")
+    assert model.fc.out_features == 3 and za.anatomy(model).in_chans == 2
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+    for name, tensor in net.state_dict().items():
+        if name != "conv1.weight":
+            assert torch.equal(model.state_dict()[name], tensor), name
+    torch.testing.assert_close(model.conv1.weight, net.conv1.weight.repeat(1, 2, 1, 1, 1) / 2)
+    with pytest.raises(za.AdaptError, match="MedicalNet weights need"):
+        za.adapt("monai/resnet10", shortcut_type="A")
+    features = torch.nn.Sequential(*list(model.children())[:-1])
+    x = volume(2, 1, 16, 16, 16, seed=11)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            features.eval()(x.expand(-1, 2, -1, -1, -1)).flatten(1), net.eval()(x)
+        )
+
+
+def test_missing_medicalnet_weights_name_the_repo_file_and_cache(hf_hub):
+    with pytest.raises(za.WeightsNotAvailableError) as missing:
+        za.adapt("monai/resnet50", num_classes=3)
+    message = str(missing.value)
+    for part in ("TencentMedicalNet/MedicalNet-Resnet50", "resnet_50_23dataset.pth", str(hf_hub)):
+        assert part in message

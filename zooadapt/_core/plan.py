@@ -152,13 +152,17 @@ def plan_surgery(
     """
     plan = Plan()
     if num_classes is not None:
-        if not anat.head:
+        if not anat.head and family.reset_head is None:
             raise AdaptError(
                 f"{type(model).__qualname__} has no classifier head (family {family.name!r} "
                 f"declares none), so num_classes={num_classes} cannot be applied; use it as a "
                 "feature extractor under your own head, or choose a variant with a classifier"
             )
-        _plan_heads(plan, model, family, anat.plugin, anat.head, num_classes, rows)
+        if anat.head:
+            _plan_heads(plan, model, family, anat.plugin, anat.head, num_classes, rows)
+        else:  # a headless model whose family builds one (a MedicalNet ResNet)
+            _check_fresh(model, rows)
+            plan.reset_head = _reset_head(family, anat.plugin, num_classes, _factory(model))
     if in_chans is not None or stem_init is not None:
         _plan_stem(plan, model, family, anat, in_chans, stem_init, stats, checkpoint)
     return plan
@@ -175,8 +179,7 @@ def _plan_heads(
 ) -> None:
     layers = [model.get_submodule(path) for path in heads]
     if family.reset_head is not None and not all(map(is_replaceable_head, layers)):
-        if rows is not None and any(row is not None for row in rows):
-            raise AdaptError(f"{type(model).__qualname__} has no pretrained head rows to keep")
+        _check_fresh(model, rows)
         plan.reset_head = _reset_head(family, plugin, num_classes, _factory(model))
         return
     for path in heads:
@@ -186,6 +189,12 @@ def _plan_heads(
             plan.heads.append((path, old, _new_head(old, num_classes, rows)))
     if plan.heads and isinstance(getattr(model, "num_classes", None), int):
         plan.attributes["num_classes"] = (model.num_classes, num_classes)
+
+
+def _check_fresh(model: nn.Module, rows: Sequence[int | None] | None) -> None:
+    """A head that ``reset_head`` builds anew has no pretrained rows to keep."""
+    if rows is not None and any(row is not None for row in rows):
+        raise AdaptError(f"{type(model).__qualname__} has no pretrained head rows to keep")
 
 
 def _new_head(old: nn.Module, num_classes: int, rows: Sequence[int | None] | None) -> nn.Module:
