@@ -41,3 +41,14 @@ def test_data_side_example_prints_what_it_says(capsys, cached_mobilenet, offline
     exec(compile("import zooadapt as za\n" + block, "README.md", "exec"), {})
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["('tabby', 'espresso', 'my cat')", "tabby", "[0.449, 0.226]"]
+
+
+def test_volume_example_runs_and_trains_the_classifier_alone(capsys):
+    section = README.split("## Volumes", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile("import zooadapt as za\n" + block, "README.md", "exec"), namespace)
+    held = {id(p) for g in namespace["opt"].param_groups for p in g["params"]}
+    head = namespace["model"].class_layers.out
+    assert held == {id(head.weight), id(head.bias)} and head.out_features == 3
+    assert float(capsys.readouterr().out) > 100  # MiB for a batch of four 96^3 volumes
