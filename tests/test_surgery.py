@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import zooadapt as za
 from zooadapt import AdaptError
 from zooadapt._core.surgery import adapt_conv_weight, make_head
 
@@ -77,3 +78,14 @@ def test_make_head_for_a_pointwise_conv():
 def test_make_head_rejects_other_layers():
     with pytest.raises(AdaptError, match="reset_head"):
         make_head(nn.Conv2d(512, 1000, 3), 5)
+
+
+def test_a_pointwise_conv3d_head_is_found_and_replaced_like_a_1x1_conv2d():
+    model = nn.Sequential(
+        nn.Conv3d(2, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Conv3d(8, 4, 1),
+        nn.Flatten(),
+    )  # fmt: skip
+    za.adapt(model, num_classes=6)
+    assert za.anatomy(model).head == ("3",) and isinstance(model[3], nn.Conv3d)
+    assert model[3].out_channels == 6 and model[3].kernel_size == (1, 1, 1)
+    assert model(torch.rand(2, 2, 8, 8, 8)).shape == (2, 6)

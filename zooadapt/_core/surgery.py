@@ -67,13 +67,24 @@ def head_out_features(head: nn.Module) -> int:
     )
 
 
+#: Convolutions that can be a classifier when their kernel is all ones (1x1, 1x1x1).
+POINTWISE = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 def is_replaceable_head(module: nn.Module) -> bool:
-    """Whether :func:`make_head` can replace ``module`` (``nn.Linear`` or a 1x1 conv)."""
+    """Whether :func:`make_head` can replace ``module``: ``nn.Linear`` or a pointwise conv.
+
+    A pointwise convolution is an ungrouped 1-D, 2-D or 3-D one with a kernel of ones.
+    """
     return isinstance(module, nn.Linear) or _is_pointwise_conv(module)
 
 
 def _is_pointwise_conv(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
+    return (
+        type(module) in POINTWISE
+        and all(k == 1 for k in module.kernel_size)  # type: ignore[union-attr]
+        and module.groups == 1
+    )
 
 
 def make_head(old: nn.Module, num_classes: int) -> nn.Module:
@@ -86,8 +97,8 @@ def make_head(old: nn.Module, num_classes: int) -> nn.Module:
     factory = {"device": old.weight.device, "dtype": old.weight.dtype}
     if isinstance(old, nn.Linear):
         return nn.Linear(old.in_features, num_classes, bias=old.bias is not None, **factory)
-    assert isinstance(old, nn.Conv2d)
-    return nn.Conv2d(
+    conv = type(old)
+    return conv(
         old.in_channels, num_classes, 1, stride=old.stride, bias=old.bias is not None, **factory
     )
 

@@ -9,16 +9,9 @@ import torch
 from torch import nn
 
 from zooadapt._core.meta import meta_copy, shape_key
+from zooadapt._core.surgery import is_replaceable_head
 
-__all__ = ["first_conv", "is_classifier", "output_layer", "output_layers"]
-
-
-def is_classifier(module: nn.Module) -> bool:
-    """An ``nn.Linear`` or an ungrouped 1x1 ``nn.Conv2d``: a layer a head can be."""
-    pointwise = (
-        isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
-    )
-    return isinstance(module, nn.Linear) or pointwise
+__all__ = ["first_conv", "output_layer", "output_layers"]
 
 
 def first_conv(model: nn.Module) -> str | None:
@@ -84,7 +77,7 @@ def _traceable(model: nn.Module) -> tuple[nn.Module, dict[Any, str]]:
     for param in copy.parameters():
         param.requires_grad_(True)
     produced: dict[Any, str] = {}
-    names = {id(m): n for n, m in copy.named_modules() if n and is_classifier(m)}
+    names = {id(m): n for n, m in copy.named_modules() if n and is_replaceable_head(m)}
 
     def record(module: nn.Module, args: Any, out: Any) -> None:
         if isinstance(out, torch.Tensor) and out.grad_fn is not None:
