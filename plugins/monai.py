@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 from zooadapt_plugins import _hf_hub as hub
+from zooadapt_plugins._layout import either, exact, prefix
 
 from zooadapt import (
     AdaptError,
@@ -249,14 +250,18 @@ SENET = Family(
 )
 
 
+def _numbered(model: nn.Module, path: str, name: str) -> list[tuple[str, str]]:
+    """One group per item of the module list at ``path``: ``name0``, ``name1``, ..."""
+    return [(f"{name}{i}", prefix(f"{path}.{i}")) for i in range(len(model.get_submodule(path)))]
+
+
 def _efficientnet_groups(model: nn.Module) -> list[tuple[str, str]]:
     """The stem, one group per stage of ``_blocks``, the final conv, the head."""
-    stages = [(f"stage{i}", rf"^_blocks\.{i}\.") for i in range(len(model._blocks))]
     return [
-        ("stem", r"^(_conv_stem|_bn0)\."),
-        *stages,
-        ("neck", r"^(_conv_head|_bn1)\."),
-        ("head", r"^_fc\."),
+        ("stem", prefix("_conv_stem", "_bn0")),
+        *_numbered(model, "_blocks", "stage"),
+        ("neck", prefix("_conv_head", "_bn1")),
+        ("head", prefix("_fc")),
     ]
 
 
@@ -282,12 +287,12 @@ def _vit_stem(model: nn.Module) -> str | None:
 
 
 def _vit_groups(model: nn.Module) -> list[tuple[str, str]]:
-    blocks = [(f"blocks.{i}", rf"^blocks\.{i}\.") for i in range(len(model.blocks))]
+    """The embeddings, one group per transformer block, the final norm, the head."""
     return [
-        ("embeddings", r"^(patch_embedding\.|cls_token$)"),
-        *blocks,
-        ("neck", r"^norm\."),
-        ("head", r"^classification_head\."),
+        ("embeddings", either(prefix("patch_embedding"), exact("cls_token"))),
+        *_numbered(model, "blocks", "blocks."),
+        ("neck", prefix("norm")),
+        ("head", prefix("classification_head")),
     ]
 
 

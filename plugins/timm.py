@@ -22,6 +22,7 @@ from torch import nn
 from zooadapt_plugins._layout import exact
 
 from zooadapt import (
+    AdaptError,
     DataConfig,
     Family,
     RenameRule,
@@ -215,7 +216,14 @@ def _head(model: nn.Module) -> tuple[str, ...]:
 
 
 def _reset_head(model: nn.Module, num_classes: int) -> None:
-    model.reset_classifier(num_classes)  # type: ignore[operator]
+    """Build the head with ``reset_classifier``; a feature encoder without one has none."""
+    if not callable(getattr(model, "reset_classifier", None)):
+        raise AdaptError(
+            f"{type(model).__qualname__} has no classifier head (timm defines none for this "
+            f"feature encoder), so num_classes={num_classes} cannot be applied; use its "
+            "features under your own head"
+        )
+    model.reset_classifier(num_classes)
 
 
 def _stem(model: nn.Module) -> tuple[str, ...]:

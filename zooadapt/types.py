@@ -261,8 +261,9 @@ class Family:
             RGB-only behaviour such as Inception's ``transform_input``.
         reset_head: Builds the heads as ``reset_head(model, num_classes)`` when a head is
             not a layer the generic surgery can replace (``nn.Identity`` in a headless
-            encoder), or when ``head`` names none on the instance; it is undone if a
-            later step fails.
+            encoder), or when ``head`` names none on the instance (raise an
+            ``AdaptError`` if the model cannot have one); it is undone if a later step
+            fails.
         stem_layout: How the stem's weight folds input channels (:class:`StemLayout`),
             as data or as a function of the model.
         input_size: The spatial input size the model is made for (``(224, 224)``, or

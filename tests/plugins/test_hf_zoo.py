@@ -22,35 +22,17 @@ from zooadapt.cli import main
 from zooadapt.memory import measure_step
 
 transformers = pytest.importorskip("transformers")
+from hf_models import NAMES, tiny_resnet, tiny_vit  # noqa: E402
 
 VIT = "tiny-org/vit-tiny"
 RESNET = "tiny-org/resnet-tiny"
-NAMES = {0: "cat", 1: "dog", 2: "owl", 3: "fox"}
 PROCESSOR = {"image_mean": [0.45, 0.45, 0.45], "image_std": [0.2, 0.25, 0.3], "resample": 3}
-
-
-def _vit() -> torch.nn.Module:
-    config = transformers.ViTConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        image_size=32, patch_size=8, num_labels=4, id2label=NAMES,
-        label2id={v: k for k, v in NAMES.items()},
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return transformers.ViTForImageClassification(config).eval()
-
-
-def _resnet() -> torch.nn.Module:
-    config = transformers.ResNetConfig(
-        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=4, id2label=NAMES
-    )
-    torch.manual_seed(0)
-    return transformers.ResNetForImageClassification(config).eval()
 
 
 @pytest.fixture
 def published(cache_repo, tmp_path: Path) -> dict[str, torch.nn.Module]:
     """A tiny ViT (squash resize) and ResNet (ConvNeXt-style crop_pct) in the cache."""
-    models = {VIT: _vit(), RESNET: _resnet()}
+    models = {VIT: tiny_vit(), RESNET: tiny_resnet()}
     vit = transformers.ViTImageProcessor(size={"height": 32, "width": 32}, **PROCESSOR)
     resnet = transformers.ConvNextImageProcessor(
         size={"shortest_edge": 32}, crop_pct=0.875, **PROCESSOR
