@@ -95,3 +95,21 @@ def child_stages(
         return _named(path, runs, name)
 
     return groups
+
+
+def present_roles(table: dict[str, str]) -> Callable[[nn.Module], dict[str, str]]:
+    """The LoRA roles of ``table`` that some ``nn.Linear`` of the model plays.
+
+    For families that cover many layouts (timm, transformers): a role is declared for a
+    model only when its regex full-matches one of the model's linear layers.
+    """
+
+    def roles(model: nn.Module) -> dict[str, str]:
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        return {
+            role: pattern
+            for role, pattern in table.items()
+            if any(re.fullmatch(pattern, name) for name in linears)
+        }
+
+    return roles

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 from zooadapt_plugins import _hf_hub as hub
-from zooadapt_plugins._layout import exact
+from zooadapt_plugins._layout import exact, present_roles
 
 from zooadapt import (
     Adaptation,
@@ -37,6 +37,16 @@ from zooadapt import (
 STAGES = ("layer", "layers", "stages", "stage", "block", "blocks", "patch_embeddings")
 _DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
 _NUMBERED = re.compile(r"^(layer|stage|block)s?\d+$")
+#: LoRA roles in transformers' layouts: ``q_proj``/``k_proj``/``v_proj``/``o_proj`` and
+#: ``mlp.fc1``/``fc2`` since transformers 5, ``query``/``key``/``value``,
+#: ``attention.output.dense``, ``intermediate.dense`` and ``output.dense`` before.
+ROLES = {
+    "q": r".*\.(q_proj|query)",
+    "k": r".*\.(k_proj|key)",
+    "v": r".*\.(v_proj|value)",
+    "attn_out": r".*\.(o_proj|attention\.output\.dense)",
+    "mlp": r".*\.(mlp\.fc[12]|intermediate\.dense|(?<!attention\.)output\.dense)",
+}
 #: transformers' own "legacy" renames, applied to every checkpoint it loads.
 LEGACY_RULES = (
     RenameRule(r"LayerNorm\.gamma$", "LayerNorm.weight", name="legacy LayerNorm.gamma"),
@@ -192,6 +202,7 @@ HF = Family(
     input_size=_input_size,
     data_config=_data_config,
     rename_rules=_rename_rules,
+    roles=present_roles(ROLES),
 )
 
 #: Repositories of the Hugging Face Hub (cached ones listed) and save_pretrained folders.

@@ -23,4 +23,10 @@ def zooadapt_families():
         head="classifier.5",
         stem="stem.0.0",
         groups=_groups,
+        roles={
+            "qkv": r"blocks\.\d+\.layers\.\d+\.layers\.\w+_attention\.attn_layer\.1\.to_qkv",
+            "attn_out": r"blocks\.\d+\.layers\.\d+\.layers\.\w+_attention\.attn_layer\.1\.merge",
+            "mlp": r"blocks\.\d+\.layers\.\d+\.layers\.\w+_attention\.mlp_layer\.[13]",
+            "conv": r"blocks\.\d+\.layers\.\d+\.layers\.MBconv\.layers\.conv_[ac]\.0",
+        },
     )

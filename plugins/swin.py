@@ -21,4 +21,7 @@ def zooadapt_families():
             "stage4": prefix("features.6", "features.7", "norm"),
             "head": prefix("head"),
         },
+        # Shifted-window attention reads attn.qkv.weight and attn.proj.weight
+        # functionally: adapters there would never receive a gradient.
+        roles={"mlp": r"features\.\d+\.\d+\.mlp\.[03]"},
     )

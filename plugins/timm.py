@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
-from zooadapt_plugins._layout import exact
+from zooadapt_plugins._layout import exact, present_roles
 
 from zooadapt import (
     AdaptError,
@@ -215,6 +215,18 @@ def _head(model: nn.Module) -> tuple[str, ...]:
     return tuple(names[id(m)] for m in found if isinstance(m, nn.Module) and id(m) in names)
 
 
+#: LoRA roles in the layouts of timm's transformers (ViT, DeiT, BEiT, EVA, Swin, ...):
+#: fused ``qkv`` or separate ``q``/``k``/``v``, ``proj``, and the MLP's ``fc1``/``fc2``.
+ROLES = {
+    "qkv": r".*\.attn\.qkv",
+    "q": r".*\.attn\.q(_proj)?",
+    "k": r".*\.attn\.k(_proj)?",
+    "v": r".*\.attn\.v(_proj)?",
+    "attn_out": r".*\.attn\.proj",
+    "mlp": r".*\.mlp\.fc[12]",
+}
+
+
 def _reset_head(model: nn.Module, num_classes: int) -> None:
     """Build the head with ``reset_classifier``; a feature encoder without one has none."""
     if not callable(getattr(model, "reset_classifier", None)):
@@ -356,6 +368,7 @@ TIMM = Family(
     stem=_stem,
     groups=_grouper(_head),
     reset_head=_reset_head,
+    roles=present_roles(ROLES),
     input_size=_input_size,
     data_config=_model_data_config,
     labels=_model_class_names,

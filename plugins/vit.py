@@ -32,6 +32,16 @@ def _stem(model):
     )
 
 
+#: ``nn.MultiheadAttention`` computes q, k, v and its output projection functionally, so
+#: ``qkv`` is the attention module itself (PEFT adapts its ``in_proj`` and ``out_proj``);
+#: an adapter on ``out_proj`` alone would never receive a gradient, so there is no
+#: ``attn_out`` role.
+ROLES = {
+    "qkv": r"encoder\.layers\.encoder_layer_\d+\.self_attention",
+    "mlp": r"encoder\.layers\.encoder_layer_\d+\.mlp\.[03]",
+}
+
+
 @hookimpl
 def zooadapt_families():
     """ViT: patch embedding with tokens, one group per encoder block, head."""
@@ -42,4 +52,5 @@ def zooadapt_families():
         stem=_stem,
         groups=_groups,
         input_size=lambda model: (model.image_size, model.image_size),
+        roles=ROLES,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ class _Request:
     mean: Sequence[float | None] | None = None
     std: Sequence[float | None] | None = None
     inflate: str | None = None
+    lora: Mapping[str, Any] | None = None
 
     @property
     def restats(self) -> bool:
@@ -80,6 +81,7 @@ def adapt(
     pretrained: bool | str | os.PathLike[str] = True,
     inflate: str | None = None,
     freeze: FreezeSpec = None,
+    lora: Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     family: str | Family | None = None,
@@ -118,6 +120,8 @@ def adapt(
             borders; ``"center"`` puts it in the centre slice (exact everywhere).
         freeze: Freeze spec passed to :func:`zooadapt.freeze` (``"backbone"``, a group
             name, a group count, a list of groups or regexes), with BatchNorm frozen.
+        lora: Arguments of :func:`zooadapt.lora` (``dict(r=8, targets="attention")``):
+            LoRA adapters are injected last, and only they and the head train.
         device: Where the result lives. ``"meta"`` builds without allocating memory and
             without loading weights.
         dtype: Floating-point dtype of the result.
@@ -142,9 +146,11 @@ def adapt(
             f"num_classes={num_classes} but classes lists {len(entries)}; give one of them"
         )
     check_inflate(inflate)
+    if lora is not None and not isinstance(lora, Mapping):
+        raise AdaptError(f"lora= takes the arguments of za.lora as a dict, got {lora!r}")
     request = _Request(
         num_classes, in_chans, stem_init, freeze, family, plugin_manager, entries, mean, std,
-        inflate,
+        inflate, lora,
     )  # fmt: skip
     on_meta = device is not None and torch.device(device).type == "meta"
     if not on_meta:
@@ -243,6 +249,10 @@ def _finish(
 ) -> nn.Module:
     if request.freeze is not None:
         freeze_model(model, request.freeze, family=request.family, plugin_manager=request.pm)
+    if request.lora is not None:
+        from zooadapt.lora import lora
+
+        lora(model, family=request.family, plugin_manager=request.pm, **request.lora)
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model

@@ -283,6 +283,10 @@ class Family:
             step fails.
         call: ``call(model, images)`` runs the model on a batch of images and returns
             its logits (``model(pixel_values=x).logits``); ``None``: ``model(images)``.
+        roles: What its layers do, for LoRA (:func:`zooadapt.lora`): role name
+            (``qkv``, ``q``, ``k``, ``v``, ``attn_out``, ``mlp``, ``conv``) -> regex
+            full-matching the names of the modules that play it, as data or a function
+            of the model.
         fallback: Generic family that claims any model, used only when nothing else does.
     """
 
@@ -303,6 +307,7 @@ class Family:
     labels: Sequence[str] | Callable[[nn.Module], Sequence[str] | None] | None = None
     sync: Callable[[nn.Module, Adaptation], Mapping[str, Any]] | None = None
     call: Callable[[nn.Module, Any], Any] | None = None
+    roles: Mapping[str, str] | Callable[[nn.Module], Mapping[str, str]] | None = None
     fallback: bool = False
 
     def __post_init__(self) -> None:
@@ -367,6 +372,11 @@ class Family:
         if model is None:
             raise TypeError(f"family {self.name!r}'s rename rules depend on the model; pass it")
         return tuple(self.rename_rules(model))
+
+    def roles_of(self, model: nn.Module) -> dict[str, str]:
+        """The declared LoRA roles for ``model`` (role -> module-name regex)."""
+        roles = self.roles(model) if callable(self.roles) else self.roles
+        return dict(roles or {})
 
     def labels_of(self, model: nn.Module) -> tuple[str, ...] | None:
         """The declared class names for ``model``, or ``None``."""

@@ -1,0 +1,194 @@
+"""``za.lora``: LoRA adapters on the layers each family says play a role, and merging them.
+
+A family declares ``Family.roles``: role name -> regex full-matching the module names
+that play it (``qkv``, ``q``, ``k``, ``v``, ``attn_out``, ``mlp``, ``conv``). The
+adapters are PEFT's (``peft.inject_adapter_in_model``), injected into the model itself:
+the zoo's own class stays, no wrapper. Needs ``pip install 'zooadapt[peft]'``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from zooadapt._core.anatomy import call_family, describe
+from zooadapt._core.distributed import unwrap
+from zooadapt._core.plugins import PluginManager
+from zooadapt._core.surgery import set_submodule
+from zooadapt.errors import AdaptError
+from zooadapt.freeze import freeze, unfreeze
+from zooadapt.types import Family
+
+__all__ = ["ROLES", "TARGET_SETS", "adapter_names", "lora", "lora_targets", "merge_lora"]
+
+#: The roles a family may declare.
+ROLES = ("qkv", "q", "k", "v", "attn_out", "mlp", "conv")
+#: Names for sets of roles that ``targets`` accepts.
+TARGET_SETS = {"attention": ("qkv", "q", "k", "v", "attn_out"), "all": ROLES}
+#: Parameters PEFT adds, by name.
+ADAPTER = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\.")
+
+
+def lora_targets(
+    model: nn.Module,
+    targets: str | Sequence[str] = "attention",
+    *,
+    family: str | Family | None = None,
+    plugin_manager: PluginManager | None = None,
+) -> list[str]:
+    """The module names ``targets`` selects: roles, role sets, or module-name regexes.
+
+    Raises:
+        AdaptError: If a role is not declared by the model's family, or a target matches
+            no module; the message lists the roles the family declares.
+    """
+    root = unwrap(model)
+    declared, anat = describe(root, plugin_manager, family)
+    roles = call_family(declared, "roles", lambda: declared.item.roles_of(root))
+    names = [n for n, m in root.named_modules() if n and not _is_head(n, anat.head)]
+    chosen: list[str] = []
+    for target in [targets] if isinstance(targets, str) else list(targets):
+        wanted = _patterns(target, roles, declared.item.name)
+        found = [n for n in names if any(re.fullmatch(p, n) for p in wanted)]
+        if not found:
+            raise AdaptError(
+                f"LoRA target {target!r} matches no module of {type(root).__qualname__} "
+                f"(family {declared.item.name!r} declares roles {sorted(roles) or 'none'})"
+            )
+        chosen += [n for n in found if n not in chosen]
+    return chosen
+
+
+def _patterns(target: str, roles: Mapping[str, str], family: str) -> list[str]:
+    if target in TARGET_SETS:
+        declared = [roles[r] for r in TARGET_SETS[target] if r in roles]
+        if not declared:
+            raise AdaptError(f"family {family!r} declares no {target} roles for LoRA")
+        return declared
+    if target in ROLES:
+        if target not in roles:
+            raise AdaptError(
+                f"family {family!r} declares no {target!r} role (it declares "
+                f"{sorted(roles) or 'none'}); pass module-name regexes to target others"
+            )
+        return [roles[target]]
+    return [target]
+
+
+def _is_head(name: str, heads: Sequence[str]) -> bool:
+    return any(name == h or name.startswith(h + ".") for h in heads)
+
+
+def lora(
+    model: nn.Module,
+    *,
+    r: int = 8,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    targets: str | Sequence[str] = "attention",
+    bn: str = "frozen",
+    family: str | Family | None = None,
+    plugin_manager: PluginManager | None = None,
+) -> nn.Module:
+    """Inject LoRA adapters into ``model`` and train only them and the head.
+
+    The logits are unchanged at injection (the adapters' ``B`` starts at zero). The base
+    weights are frozen with :func:`zooadapt.freeze` (``"backbone"``, BatchNorm policy
+    ``bn``), then the adapters and the head are made trainable, so that a module holding
+    adapters runs in the model's mode while wholly frozen ones run in eval mode (a frozen
+    ``nn.MultiheadAttention`` in eval mode would take its fused path and skip them).
+
+    Args:
+        model: A model (wrappers such as DDP are looked through), changed in place.
+        r: Rank of each adapter.
+        alpha: Scale numerator (``alpha / r`` multiplies the update); ``None``: ``r``.
+        dropout: Dropout on the adapters' input.
+        targets: A role (``"qkv"``, ``"mlp"``...), ``"attention"``, ``"all"``, module-name
+            regexes, or a list of them. Heads are never targeted.
+        bn: BatchNorm policy of the frozen base, as in :func:`zooadapt.freeze`.
+        family: Force a family by name, or pass a :class:`Family`.
+        plugin_manager: Defaults to the one the model's family was found with.
+
+    Returns:
+        ``model``, with adapters.
+
+    Raises:
+        AdaptError: If PEFT is missing, ``r`` is not positive or a target matches nothing;
+            the model is then unchanged.
+    """
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise AdaptError(f"LoRA rank r must be a positive int, got {r!r}")
+    root = unwrap(model)
+    names = lora_targets(root, targets, family=family, plugin_manager=plugin_manager)
+    peft = _peft()
+    config = peft.LoraConfig(
+        r=r, lora_alpha=alpha if alpha is not None else r, lora_dropout=dropout,
+        target_modules=names, bias="none",
+    )  # fmt: skip
+    try:
+        peft.inject_adapter_in_model(config, root)
+    except (ValueError, TypeError) as err:
+        raise AdaptError(f"PEFT cannot put LoRA adapters on {names[:3]}...: {err}") from err
+    options: dict[str, Any] = {"family": family, "plugin_manager": plugin_manager}
+    freeze(root, "backbone", bn=bn, **options)
+    heads = [g for g in describe(root, plugin_manager, family)[1].groups if g == "head"]
+    unfreeze(root, [ADAPTER.pattern, *heads], **options)  # PEFT froze everything else
+    return model
+
+
+def adapter_names(model: nn.Module) -> list[str]:
+    """The names of the LoRA adapter parameters of ``model``."""
+    return [n for n, _ in unwrap(model).named_parameters() if ADAPTER.search(n)]
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base weight and put the plain base layers back.
+
+    The model computes the same function (up to float rounding) with the zoo's own
+    modules again, ready for export.
+
+    Returns:
+        ``model``, changed in place.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    root = unwrap(model)
+    base = {
+        n.replace(".base_layer", ""): p.requires_grad
+        for n, p in root.named_parameters()
+        if not ADAPTER.search(n)
+    }
+    while True:  # outermost first: PEFT's attention layer merges its out_proj itself
+        layers = [(n, m) for n, m in root.named_modules() if isinstance(m, BaseTunerLayer)]
+        if not layers:
+            break
+        name, layer = min(layers, key=lambda item: item[0].count("."))
+        if not layer.merged:
+            layer.merge()
+        set_submodule(root, name, layer.get_base_layer())
+    _restore_parameters(root, base)
+    return model
+
+
+def _restore_parameters(root: nn.Module, base: Mapping[str, bool]) -> None:
+    """Parameters again where merging left plain tensors (PEFT's attention merge does)."""
+    for name, requires_grad in base.items():
+        owner, _, attr = name.rpartition(".")
+        module = root.get_submodule(owner)
+        value = getattr(module, attr)
+        if not isinstance(value, nn.Parameter):
+            delattr(module, attr)
+            module.register_parameter(attr, nn.Parameter(value.detach(), requires_grad))
+
+
+def _peft() -> Any:
+    try:
+        import peft
+    except ImportError as err:
+        raise AdaptError(
+            "LoRA needs PEFT: pip install 'zooadapt[peft]' (or pip install peft)"
+        ) from err
+    return peft
