@@ -44,6 +44,7 @@ __all__ = ["adapt", "adapted_from", "sync_config"]
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")
 _ORIGIN = "_zooadapt_origin"
+_WEIGHTS = "_zooadapt_weights_tag"
 
 
 @dataclass(frozen=True)
@@ -174,12 +175,16 @@ def adapt(
         sized = _sized(ref, request) if pretrained is False or pretrained is None else {}
         module = _from_zoo(ref, pretrained, on_meta, {**sized, **model_kwargs})
         _adapt_in_place(module, request, None, "", assign=False)
-    setattr(module, _ORIGIN, {"model": ref.qualified, "model_kwargs": dict(model_kwargs)})
+    origin = {"model": ref.qualified, "model_kwargs": dict(model_kwargs)}
+    setattr(module, _ORIGIN, {**origin, "weights": module.__dict__.pop(_WEIGHTS, None)})
     return _finish(module, request, device, dtype)
 
 
 def adapted_from(model: nn.Module) -> dict[str, Any] | None:
-    """The registry name and builder arguments ``adapt`` built ``model`` from, if any."""
+    """The registry name, builder arguments and weights tag ``adapt`` built ``model`` from.
+
+    ``weights`` is the zoo weights' tag, or ``None`` (random, or a checkpoint file).
+    """
     return getattr(unwrap(model), _ORIGIN, None)
 
 
@@ -303,6 +308,7 @@ def _sized(ref: ModelRef, request: _Request) -> dict[str, Any]:
 
 
 def _record_weights(module: nn.Module, weights: Weights) -> None:
+    module.__dict__[_WEIGHTS] = weights.tag
     if weights.data_config is not None:
         record_config(module, weights.data_config)
     if weights.labels is not None:

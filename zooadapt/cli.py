@@ -51,6 +51,25 @@ def _pretrained(value: str) -> bool | str:
     return True if lowered in ("default", "true") else value
 
 
+def _lora(value: str) -> dict[str, Any]:
+    """Parse ``--lora r=8,alpha=16,dropout=0.1,targets=qkv+mlp``."""
+    kinds: dict[str, Any] = {"r": int, "alpha": float, "dropout": float, "targets": str}
+    settings: dict[str, Any] = {}
+    for item in _settings(value):
+        key, equals, text = item.partition("=")
+        if not equals or key not in kinds:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: --lora takes {', '.join(f'{k}=' for k in kinds)} (comma-separated)"
+            )
+        try:
+            settings[key] = kinds[key](text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: {key} must be a number") from None
+    if "targets" in settings and "+" in settings["targets"]:
+        settings["targets"] = settings["targets"].split("+")
+    return settings
+
+
 def _freeze(value: str) -> FreezeSpec:
     """Parse ``--freeze``: none, backbone, last, an int, a group or comma-separated groups."""
     items = _settings(value)
@@ -302,6 +321,7 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
         std=args.std,
         pretrained=_pretrained(args.pretrained),
         freeze=args.freeze,
+        lora=args.lora,
         trust_pickle=args.trust_pickle,
     )
     print(summary(model))
@@ -577,6 +597,12 @@ def _add_adapt(commands: Any) -> None:
     adapting.add_argument("--num-classes", type=int)
     adapting.add_argument("--in-chans", type=int)
     adapting.add_argument("--stem-init", choices=("sum", "repeat", "zeros"))
+    adapting.add_argument(
+        "--lora",
+        type=_lora,
+        help="LoRA adapters, e.g. r=8,targets=attention (targets: a role, attention, all, or "
+        "roles joined by +: qkv+mlp)",
+    )
     adapting.add_argument(
         "--inflate",
         choices=("spread", "center"),

@@ -22,12 +22,22 @@ from zooadapt.errors import AdaptError
 from zooadapt.freeze import freeze, unfreeze
 from zooadapt.types import Family
 
-__all__ = ["ROLES", "TARGET_SETS", "adapter_names", "lora", "lora_targets", "merge_lora"]
+__all__ = [
+    "ROLES",
+    "TARGET_SETS",
+    "adapter_names",
+    "lora",
+    "lora_settings",
+    "lora_targets",
+    "merge_lora",
+]
 
 #: The roles a family may declare.
 ROLES = ("qkv", "q", "k", "v", "attn_out", "mlp", "conv")
 #: Names for sets of roles that ``targets`` accepts.
 TARGET_SETS = {"attention": ("qkv", "q", "k", "v", "attn_out"), "all": ROLES}
+#: Where :func:`lora` records its settings on the model.
+_RECORD = "_zooadapt_lora"
 #: Parameters PEFT adds, by name.
 ADAPTER = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\.")
 
@@ -132,11 +142,28 @@ def lora(
         peft.inject_adapter_in_model(config, root)
     except (ValueError, TypeError) as err:
         raise AdaptError(f"PEFT cannot put LoRA adapters on {names[:3]}...: {err}") from err
+    previous = root.__dict__.get(_RECORD, {}).get("targets", [])
+    root.__dict__[_RECORD] = {
+        "r": r,
+        "alpha": config.lora_alpha,
+        "dropout": dropout,
+        "targets": [*previous, *names],
+    }
     options: dict[str, Any] = {"family": family, "plugin_manager": plugin_manager}
     freeze(root, "backbone", bn=bn, **options)
     heads = [g for g in describe(root, plugin_manager, family)[1].groups if g == "head"]
     unfreeze(root, [ADAPTER.pattern, *heads], **options)  # PEFT froze everything else
     return model
+
+
+def lora_settings(model: nn.Module) -> dict[str, Any] | None:
+    """The adapters :func:`lora` put on ``model``, or ``None`` (none, or merged).
+
+    Returns:
+        ``{"r", "alpha", "dropout", "targets"}``, ``targets`` being module names.
+    """
+    record = unwrap(model).__dict__.get(_RECORD)
+    return dict(record) if record else None
 
 
 def adapter_names(model: nn.Module) -> list[str]:
@@ -170,6 +197,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
             layer.merge()
         set_submodule(root, name, layer.get_base_layer())
     _restore_parameters(root, base)
+    root.__dict__.pop(_RECORD, None)
     return model
 
 

@@ -24,6 +24,7 @@ from zooadapt.adapt import adapt, adapted_from, sync_config
 from zooadapt.data import data_config, record_config
 from zooadapt.errors import CheckpointError, DataError, FamilyNotFoundError
 from zooadapt.labels import labels, record_labels
+from zooadapt.lora import lora_settings
 from zooadapt.types import DataConfig, Family
 
 __all__ = [
@@ -76,6 +77,8 @@ def describe_adapted(
         "in_chans": anat.in_chans if anat else None,
         "data_config": data_config(model).as_dict() if anat else None,
         "labels": _list(labels(model)) if anat else None,
+        "weights": origin.get("weights"),
+        "lora": lora_settings(model),
     }
 
 
@@ -87,6 +90,7 @@ def save(
     model: nn.Module,
     path: str | os.PathLike[str],
     *,
+    adapters_only: bool = False,
     family: str | Family | None = None,
     plugin_manager: PluginManager | None = None,
 ) -> Path:
@@ -101,6 +105,9 @@ def save(
     Args:
         model: An adapted model (wrappers such as DataParallel are accepted).
         path: Destination file, replaced atomically.
+        adapters_only: For a model with LoRA adapters (:func:`zooadapt.lora`), write only
+            the adapters, the head and the stem; the metadata names the base model and
+            its weights, which :func:`load` rebuilds first.
         family: Force a family by name, or pass a :class:`Family`; by default the one
             the model's family was resolved with before.
         plugin_manager: Defaults to the one the model's family was found with, else the
@@ -116,6 +123,9 @@ def save(
     from safetensors.torch import save_file
 
     info = describe_adapted(model, family=family, plugin_manager=plugin_manager)
+    if adapters_only:
+        _check_adapters_only(model, info)
+        info["adapters_only"] = True
     try:
         json.dumps(info)
     except TypeError as err:
@@ -123,11 +133,42 @@ def save(
     state = full_state_dict(model)  # collective for a sharded model
     if not is_writer(model):
         return Path(path)
+    if adapters_only:
+        state = _adapters_head_and_stem(model, state, family, plugin_manager)
     tensors = _unique_contiguous(state)
     info["checksums"] = {key: checksum(tensor) for key, tensor in tensors.items()}
     with atomic_write(path) as temporary:
         save_file(tensors, str(temporary), metadata={"zooadapt": json.dumps(info)})
     return Path(path)
+
+
+def _check_adapters_only(model: nn.Module, info: dict[str, Any]) -> None:
+    if info["lora"] is None:
+        raise CheckpointError(
+            f"{type(unwrap(model)).__qualname__} has no LoRA adapters: adapters_only=True "
+            "needs a model za.lora was applied to"
+        )
+    if not info["model"] or info["weights"] is None:
+        raise CheckpointError(
+            "adapters_only=True needs a base that za.load can rebuild: a model za.adapt built "
+            "from a registry name with zoo weights (pretrained=True or a tag); save it whole"
+        )
+
+
+def _adapters_head_and_stem(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    family: str | Family | None,
+    plugin_manager: PluginManager | None,
+) -> dict[str, torch.Tensor]:
+    """The adapters, and the head and stem (new or adapted), of a full state dict."""
+    anat = anatomy(model, family=family, plugin_manager=plugin_manager)
+    prefixes = tuple(f"{path}." for path in (*anat.head, *anat.stems))
+    return {
+        key: tensor
+        for key, tensor in state.items()
+        if "lora_" in key or key.replace(".base_layer", "").startswith(prefixes)
+    }
 
 
 def checksum(tensor: torch.Tensor) -> str:
@@ -216,7 +257,13 @@ _FIELDS = {
     "in_chans": (int, type(None)),
 }
 #: Fields written since the data side was added; files without them load without them.
-_OPTIONAL_FIELDS = {"data_config": (dict, type(None)), "labels": (list, type(None))}
+_OPTIONAL_FIELDS = {
+    "data_config": (dict, type(None)),
+    "labels": (list, type(None)),
+    "weights": (str, type(None)),
+    "lora": (dict, type(None)),
+    "adapters_only": (bool, type(None)),
+}
 
 
 def _checked_metadata(path: str | os.PathLike[str], info: object) -> dict[str, Any]:
@@ -293,9 +340,30 @@ def rebuild(
 ) -> nn.Module:
     """Adapt the registry model that :func:`describe_adapted` described, loading ``path``.
 
-    The data config and labels the file records are restored on the model.
+    The data config and labels the file records are restored on the model. A model with
+    LoRA adapters is rebuilt (from its zoo weights, for an adapters-only file), given
+    the same adapters, then loaded.
     """
-    model = adapt(
+    if info.get("lora"):
+        model = _rebuild_with_adapters(info, path, device, plugin_manager)
+    else:
+        model = _rebuild_plain(info, path, device, plugin_manager)
+    config = _read_config(path, info.get("data_config"))
+    if config is not None:
+        record_config(model, config)
+    if "labels" in info:
+        record_labels(model, info["labels"])
+        sync_config(model)  # the model's own config names the restored labels too
+    return model
+
+
+def _rebuild_plain(
+    info: dict[str, Any],
+    path: str | os.PathLike[str],
+    device: str | torch.device | None,
+    plugin_manager: PluginManager | None,
+) -> nn.Module:
+    return adapt(
         info["model"],
         num_classes=info["num_classes"],
         in_chans=info["in_chans"],
@@ -304,10 +372,34 @@ def rebuild(
         plugin_manager=plugin_manager,
         **info["model_kwargs"],
     )
-    config = _read_config(path, info.get("data_config"))
-    if config is not None:
-        record_config(model, config)
-    if "labels" in info:
-        record_labels(model, info["labels"])
-        sync_config(model)  # the model's own config names the restored labels too
-    return model
+
+
+def _rebuild_with_adapters(
+    info: dict[str, Any],
+    path: str | os.PathLike[str],
+    device: str | torch.device | None,
+    plugin_manager: PluginManager | None,
+) -> nn.Module:
+    """The base (zoo weights for an adapters-only file), the adapters, then the file."""
+    import re
+
+    from zooadapt.loading import load_weights
+    from zooadapt.lora import lora
+
+    only = bool(info.get("adapters_only"))
+    model = adapt(
+        info["model"],
+        num_classes=info["num_classes"],
+        in_chans=info["in_chans"],
+        pretrained=info["weights"] if only else False,
+        plugin_manager=plugin_manager,
+        **info["model_kwargs"],
+    )
+    settings = info["lora"]
+    targets = [re.escape(name) for name in settings["targets"]]
+    lora(model, r=settings["r"], alpha=settings["alpha"], dropout=settings["dropout"],
+         targets=targets, plugin_manager=plugin_manager)  # fmt: skip
+    report = load_weights(model, path, strict=not only, plugin_manager=plugin_manager)
+    if report.unexpected or report.mismatched:
+        raise CheckpointError(f"{path} does not fit the rebuilt {info['model']}:\n{report}")
+    return model.to(device) if device is not None else model

@@ -6,6 +6,7 @@ from torch import nn
 
 from zooadapt._core.anatomy import anatomy
 from zooadapt._core.plugins import PluginManager
+from zooadapt.lora import adapter_names, lora_settings
 from zooadapt.types import Family
 
 __all__ = ["summary"]
@@ -25,7 +26,8 @@ def summary(
         plugin_manager: Defaults to the shared manager with every installed plugin.
 
     Returns:
-        A multi-line string, one row per group plus a total.
+        A multi-line string, one row per group plus a total, and a LoRA line for a model
+        with adapters (:func:`zooadapt.lora`).
     """
     anat = anatomy(model, family=family, plugin_manager=plugin_manager)
     params = dict(model.named_parameters())
@@ -50,4 +52,11 @@ def summary(
     trainable = sum(r[2] for r in rows)
     lines.append("-" * len(header))
     lines.append(f"{'total':<{width}}  {total:>12,}  {trainable:>12,}  {total - trainable:>12,}")
+    settings = lora_settings(model)
+    if settings is not None:
+        adapters = sum(params[n].numel() for n in adapter_names(model))
+        lines.append(
+            f"LoRA: r={settings['r']}, alpha={settings['alpha']}, on "
+            f"{len(settings['targets'])} modules, {adapters:,} adapter parameters"
+        )
     return "\n".join(lines)

@@ -194,3 +194,73 @@ def test_adapt_injects_lora_in_the_same_call():
     assert all(".mlp." in n for n in za.adapter_names(model))
     with pytest.raises(za.AdaptError, match="lora= takes the arguments of za.lora"):
         za.adapt(tv_vit(), lora=8)
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+
+def _train(model: torch.nn.Module, steps: int = 3, channels: int = 3) -> None:
+    optimizer = za.optimizer(model, "adamw", lr=5e-2)
+    model.train()
+    for step in range(steps):
+        optimizer.zero_grad()
+        x = image(step)[:, :channels]
+        torch.nn.functional.cross_entropy(run(model, x), torch.tensor([1, 2])).backward()
+        optimizer.step()
+    model.eval()
+
+
+def test_a_saved_lora_model_loads_with_its_adapters_and_the_same_logits(tmp_path):
+    small = {"img_size": 32, "patch_size": 8, "depth": 2}
+    model = za.adapt(
+        "timm/vit_tiny_patch16_224", pretrained=False, num_classes=3, lora={"r": 4}, **small
+    )
+    _train(model)
+    za.save(model, tmp_path / "lora.safetensors")
+    loaded = za.load(tmp_path / "lora.safetensors").eval()
+    x = image(7)
+    with torch.no_grad():
+        torch.testing.assert_close(run(loaded, x), run(model, x), rtol=0, atol=0)
+    assert za.adapter_names(loaded) == za.adapter_names(model)
+    trainable = {n for n, p in loaded.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in model.named_parameters() if p.requires_grad}
+    with pytest.raises(za.CheckpointError, match="zoo weights"):
+        za.save(model, tmp_path / "small.safetensors", adapters_only=True)  # random base
+
+
+def test_an_adapters_only_file_holds_adapters_head_and_stem_and_rebuilds_the_base(
+    tmp_path, cached_mobilenet, offline
+):
+    targets = [r"features\.17\.conv\.2", r"features\.18\.0"]  # pointwise convs, by regex
+    model = za.adapt(
+        "mobilenet_v2", pretrained="IMAGENET1K_V1", num_classes=3, in_chans=1,
+        lora={"r": 2, "targets": targets},
+    )  # fmt: skip
+    _train(model, steps=2, channels=1)
+    whole = za.save(model, tmp_path / "whole.safetensors")
+    small = za.save(model, tmp_path / "small.safetensors", adapters_only=True)
+    keys = set(za.read_state_dict(small))
+    assert keys == {
+        *(k for k in model.state_dict() if "lora_" in k),
+        "classifier.1.weight", "classifier.1.bias", "features.0.0.weight", "features.0.0.bias",
+    }  # fmt: skip
+    assert small.stat().st_size < whole.stat().st_size / 20
+    loaded = za.load(small).eval()
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
+    with pytest.raises(za.CheckpointError, match="has no LoRA adapters"):
+        za.save(za.adapt("mobilenet_v2", pretrained=False), tmp_path / "x.safetensors",
+                adapters_only=True)  # fmt: skip
+
+
+def test_the_cli_adapts_with_lora_and_the_summary_shows_the_adapters(capsys):
+    from zooadapt.cli import main
+
+    argv = ["adapt", "timm/vit_tiny_patch16_224", "--pretrained", "none", "--num-classes", "3"]
+    assert main([*argv, "--lora", "r=2,alpha=4,targets=qkv+mlp"]) == 0
+    out = capsys.readouterr().out
+    assert "LoRA: r=2, alpha=4.0, on 36 modules" in out  # 12 blocks x (qkv, fc1, fc2)
+    with pytest.raises(SystemExit):
+        main([*argv, "--lora", "rank=2"])
+    assert "--lora takes r=, alpha=, dropout=, targets=" in capsys.readouterr().err
