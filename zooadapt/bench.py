@@ -35,10 +35,12 @@ from zooadapt.optim import optimizer as make_optimizer
 from zooadapt.optim import optimizer_class
 from zooadapt.types import Family
 
-__all__ = ["BenchResult", "bench", "freeze_spec", "resolve_device"]
+__all__ = ["BenchResult", "bench", "freeze_spec", "resolve_device", "setting_options"]
 
 #: Freeze setting names: ``none`` trains everything, ``last`` the last stage and the head.
 SETTINGS: dict[str, FreezeSpec] = {"none": None, "last": -2, "backbone": "backbone"}
+#: The ``lora`` setting: LoRA adapters of rank 8 on the attention roles (:func:`zooadapt.lora`).
+LORA_SETTING = {"r": 8, "targets": "attention"}
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -121,6 +123,11 @@ def freeze_spec(setting: str) -> FreezeSpec:
     return SETTINGS.get(setting, setting)
 
 
+def setting_options(setting: str) -> dict[str, Any]:
+    """``freeze=`` or, for ``lora``, ``lora=`` of :func:`zooadapt.estimate_memory`."""
+    return {"lora": dict(LORA_SETTING)} if setting == "lora" else {"freeze": freeze_spec(setting)}
+
+
 def bench(
     models: str | nn.Module | Sequence[str | nn.Module],
     *,
@@ -144,8 +151,8 @@ def bench(
         models: A registry name (``"resnet50"``, ``"timm/convnext_tiny"``) or a module, or
             a list of them. A module is deep-copied for every setting, never changed.
         settings: One setting or a list: ``none`` (full fine-tuning), ``last`` (last stage
-            and head trainable), ``backbone`` (head only), or a group name (frozen up to
-            and including it).
+            and head trainable), ``backbone`` (head only), ``lora`` (LoRA r=8 on the
+            attention roles, and the head), or a group name (frozen up to and including it).
         batch_size: Samples per step.
         input_size: Spatial input size, an int or a tuple; ``None`` takes the model's
             (``za.anatomy(model).input_size``).
@@ -296,7 +303,13 @@ def _run_case(
     steps: int,
 ) -> BenchResult:
     torch.manual_seed(0)
-    model = freeze(unfreeze(subject.build()), freeze_spec(base.setting))
+    model = unfreeze(subject.build())
+    if base.setting == "lora":
+        from zooadapt.lora import lora
+
+        lora(model, **LORA_SETTING)
+    else:
+        freeze(model, freeze_spec(base.setting))
     model.to(config.device)
     x, y = _batch(model, config, num_classes)
     if config.channels_last and x.ndim == 4:

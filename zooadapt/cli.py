@@ -507,7 +507,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _cmd_memory(args: argparse.Namespace) -> None:
-    from zooadapt.bench import freeze_spec
+    from zooadapt.bench import setting_options
     from zooadapt.memory import estimate_memory, max_batch_size, parse_bytes
 
     budget = parse_bytes(args.budget) if args.budget else None
@@ -516,7 +516,7 @@ def _cmd_memory(args: argparse.Namespace) -> None:
         for setting in args.settings:
             options = {
                 "input_size": args.input_size,
-                "freeze": freeze_spec(setting),
+                **setting_options(setting),
                 "opt": args.opt,
                 "amp": args.amp,
             }
@@ -551,7 +551,7 @@ def _add_training_options(parser: argparse.ArgumentParser, batch_size: int) -> N
         type=_settings,
         default=["none", "last", "backbone"],
         help="comma-separated freeze settings: none, last (last stage + head), backbone, "
-        "or group names (frozen up to and including it)",
+        "lora (LoRA r=8 on attention + head), or group names (frozen up to and including it)",
     )
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument(

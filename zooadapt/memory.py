@@ -182,6 +182,7 @@ def estimate_memory(
     batch_size: int,
     input_size: int | Sequence[int] | None = None,
     freeze: FreezeSpec = None,
+    lora: Mapping[str, Any] | None = None,
     opt: str | type[torch.optim.Optimizer] = "adamw",
     opt_kwargs: Mapping[str, Any] | None = None,
     num_classes: int | None = None,
@@ -207,6 +208,8 @@ def estimate_memory(
         freeze: Freeze spec as for :func:`zooadapt.freeze` (BatchNorm frozen too):
             ``"backbone"``, a group name, an int or a list. ``None`` freezes nothing (a
             module argument keeps its own ``requires_grad`` flags).
+        lora: Arguments of :func:`zooadapt.lora` (``{"r": 8}``): adapters are injected
+            into the meta copy after ``freeze``, and only they and the head train.
         opt: A ``torch.optim`` class or its name, case-insensitive.
         opt_kwargs: Passed to the optimizer (``{"momentum": 0.9}`` gives SGD a
             momentum buffer); ``lr`` defaults to 1e-3.
@@ -240,6 +243,7 @@ def estimate_memory(
         model_or_name,
         input_size=input_size,
         freeze=freeze,
+        lora=lora,
         opt=opt,
         opt_kwargs=opt_kwargs,
         num_classes=num_classes,
@@ -258,6 +262,7 @@ def max_batch_size(
     *,
     input_size: int | Sequence[int] | None = None,
     freeze: FreezeSpec = None,
+    lora: Mapping[str, Any] | None = None,
     opt: str | type[torch.optim.Optimizer] = "adamw",
     opt_kwargs: Mapping[str, Any] | None = None,
     num_classes: int | None = None,
@@ -281,6 +286,7 @@ def max_batch_size(
         budget: Bytes, or a size string such as ``"24GiB"`` (see :func:`parse_bytes`).
         input_size: As for :func:`estimate_memory`.
         freeze: As for :func:`estimate_memory`.
+        lora: As for :func:`estimate_memory`.
         opt: As for :func:`estimate_memory`.
         opt_kwargs: As for :func:`estimate_memory`.
         num_classes: As for :func:`estimate_memory`.
@@ -300,6 +306,7 @@ def max_batch_size(
         model_or_name,
         input_size=input_size,
         freeze=freeze,
+        lora=lora,
         opt=opt,
         opt_kwargs=opt_kwargs,
         num_classes=num_classes,
@@ -342,6 +349,7 @@ def _prepare(
     input_size: int | Sequence[int] | None,
     freeze: FreezeSpec,
     opt: str | type[torch.optim.Optimizer],
+    lora: Mapping[str, Any] | None = None,
     opt_kwargs: Mapping[str, Any] | None,
     num_classes: int | None,
     in_chans: int | None,
@@ -359,6 +367,10 @@ def _prepare(
     model.train()
     if freeze is not None:
         freeze_model(model, freeze)
+    if lora is not None:
+        from zooadapt.lora import lora as inject
+
+        inject(model, **lora)
     if dtype is not None:
         model.to(dtype)
     low = copy.deepcopy(model).to(AMP[amp]) if amp else None

@@ -264,3 +264,42 @@ def test_the_cli_adapts_with_lora_and_the_summary_shows_the_adapters(capsys):
     with pytest.raises(SystemExit):
         main([*argv, "--lora", "rank=2"])
     assert "--lora takes r=, alpha=, dropout=, targets=" in capsys.readouterr().err
+
+
+# -- memory and benchmarks -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["timm", "hf", "swin"])
+def test_the_lora_memory_estimate_equals_a_measured_step(kind):
+    """Exact for adapters on linear layers; see the note on torchvision's ViT below."""
+    from zooadapt.memory import measure_step
+
+    model = build(kind)
+    targets = "mlp" if kind == "swin" else "attention"
+    estimate = za.estimate_memory(
+        model, batch_size=2, input_size=32, lora={"r": 4, "targets": targets}
+    )
+    za.lora(model, r=4, targets=targets)
+    full = za.estimate_memory(build(kind), batch_size=2, input_size=32)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3, fused=True)
+    model.train()
+    measured = measure_step(model, image(), optimizer)
+    fields = ("params", "grads", "optimizer_state", "activations")
+    assert {f: getattr(measured, f) for f in fields} == {f: getattr(estimate, f) for f in fields}
+    assert estimate.grads < full.grads / 5 and estimate.trainable_params < full.trainable_params
+
+
+def test_bench_and_the_cli_take_a_lora_setting(capsys):
+    import json
+
+    from zooadapt.cli import main
+
+    results = za.bench(build("timm"), settings=["lora", "backbone"], batch_size=2, steps=1,
+                       warmup=1, input_size=32, progress=False)  # fmt: skip
+    lora_run, frozen = results
+    assert lora_run.setting == "lora" and lora_run.trainable > frozen.trainable > 0
+    argv = ["memory", "timm/vit_tiny_patch16_224", "--settings", "none,lora", "--json"]
+    assert main([*argv, "--batch-size", "2"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["grads"] > rows[1]["grads"] > 0
