@@ -185,7 +185,10 @@ def _model_data_config(model: nn.Module) -> DataConfig | None:
 
 
 def _model_class_names(model: nn.Module) -> tuple[str, ...] | None:
-    return _class_names(getattr(model, "pretrained_cfg", None))
+    """The pretrained config's class names, while the model still has that many classes."""
+    names = _class_names(getattr(model, "pretrained_cfg", None))
+    classes = getattr(model, "num_classes", None)
+    return names if names is None or classes in (None, len(names)) else None
 
 
 # -- the family ----------------------------------------------------------------------------

@@ -303,3 +303,27 @@ def test_bench_and_the_cli_take_a_lora_setting(capsys):
     assert main([*argv, "--batch-size", "2"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["grads"] > rows[1]["grads"] > 0
+
+
+# -- the conformance kit ---------------------------------------------------------------------
+
+
+def test_the_kit_checks_that_every_role_matches_and_every_adapter_learns():
+    import dataclasses
+
+    from zooadapt.testing import check_family, family_report
+
+    for kind in ("vit", "swin", "timm"):  # the built-in roles pass, on real models
+        check_family(za.anatomy(build(kind)).family, MODELS[kind], input_shape=(2, 3, 32, 32))
+    swin = za.get_plugin_manager().families()
+    family = next(d.item for d in swin if d.item.name == "swin")
+    functional = dataclasses.replace(
+        family,
+        roles={"qkv": r"features\.\d+\.\d+\.attn\.qkv", "mlp": r"features\.\d+\.\d+\.mlp\.0",
+               "attn_out": r"nothing\.here"},
+    )  # fmt: skip
+    report = family_report(functional, tv_swin, input_shape=(2, 3, 32, 32))
+    problems = "\n".join(str(p) for p in report.problems)
+    assert "role 'attn_out' ('nothing\\\\.here') matches no module" in problems
+    assert "received no gradient" in problems and "attn.qkv" in problems
+    assert "mlp.0" not in problems

@@ -30,6 +30,7 @@ from zooadapt.adapt import adapt
 from zooadapt.errors import AdaptError, CheckpointError
 from zooadapt.freeze import freeze
 from zooadapt.loading import GENERIC_RULES, rename_keys
+from zooadapt.lora import ROLES
 from zooadapt.testing._report import (
     _FAILED,
     DEFAULT_INPUT,
@@ -164,6 +165,7 @@ def family_report(
     _check_data(ctx, heads, input_shape)
     assigned = _check_groups(ctx, heads)
     _check_rename_rules(ctx, rules_checkpoint)
+    _check_roles(ctx, input_shape)
     if heads is None or stems is None or not assigned:
         report.notes.append("za.adapt, forward and za.freeze not checked: fix the above first")
         return report
@@ -597,6 +599,75 @@ def _example(model: nn.Module, shape: Sequence[int]) -> torch.Tensor:
     dtype = tensor.dtype if tensor is not None and tensor.is_floating_point() else torch.float32
     generator = None if device.type == "meta" else torch.Generator(device).manual_seed(0)
     return torch.rand(*shape, device=device, dtype=dtype, generator=generator)
+
+
+# -- LoRA roles ----------------------------------------------------------------------------
+
+#: Training steps in which every adapter must receive a gradient: a zero-initialised head
+#: (torchvision's ViT) moves first, then each adapter's ``B``, then its ``A``.
+ROLE_STEPS = 3
+
+
+def _check_roles(ctx: _Context, input_shape: Sequence[int]) -> None:
+    """Each declared role matches modules; adapters on all of them all receive gradients."""
+    roles = _attempt(ctx.report, "roles", "Family.roles", lambda: ctx.family.roles_of(ctx.model))
+    if roles is _FAILED or not roles:
+        return
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        ctx.report.add("roles", f"roles {unknown} are not LoRA roles; roles are {ROLES}")
+    names = [n for n, _ in ctx.model.named_modules() if n]
+    matched = []
+    for role, pattern in roles.items():
+        if any(re.fullmatch(pattern, name) for name in names):
+            matched.append(pattern)
+        else:
+            ctx.report.add("roles", f"role {role!r} ({pattern!r}) matches no module")
+    if any(p.is_meta for p in ctx.model.parameters()):
+        ctx.report.notes.append("adapter gradients not checked on the meta device")
+        return
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        ctx.report.notes.append("adapter gradients not checked: peft is not installed")
+        return
+    model = ctx.rebuild(ctx.report)
+    if model is not None and matched:
+        _check_adapter_gradients(ctx, model, matched, input_shape)
+
+
+def _check_adapter_gradients(
+    ctx: _Context, model: nn.Module, patterns: list[str], input_shape: Sequence[int]
+) -> None:
+    from zooadapt.lora import adapter_names, lora
+
+    done = _attempt(
+        ctx.report, "roles", "za.lora on every declared role",
+        lambda: lora(model, r=2, targets=patterns, family=ctx.family, plugin_manager=ctx.adapt_pm),
+    )  # fmt: skip
+    if done is _FAILED:
+        return
+    names = set(adapter_names(model))
+    adapters = {n: p for n, p in list(model.named_parameters()) if n in names}
+    got = dict.fromkeys(adapters, False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(ROLE_STEPS):
+        optimizer.zero_grad()
+        output = caller(model)(_example(model, input_shape))
+        target = torch.zeros(output.shape[0], dtype=torch.long)
+        torch.nn.functional.cross_entropy(output, target).backward()
+        for name, param in adapters.items():
+            got[name] |= param.grad is not None and bool(param.grad.abs().sum() > 0)
+        optimizer.step()
+    never = sorted({n.split(".lora_")[0] for n, ok in got.items() if not ok})
+    if never:
+        ctx.report.add(
+            "roles",
+            f"adapters on {never[:3]} received no gradient in {ROLE_STEPS} training steps: "
+            "the model reads those layers' weights without calling them (declare the module "
+            "that does, as vit's qkv is its nn.MultiheadAttention)",
+        )
 
 
 def _run(model: nn.Module, shape: Sequence[int]) -> Any:
