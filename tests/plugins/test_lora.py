@@ -327,3 +327,33 @@ def test_the_kit_checks_that_every_role_matches_and_every_adapter_learns():
     assert "role 'attn_out' ('nothing\\\\.here') matches no module" in problems
     assert "received no gradient" in problems and "attn.qkv" in problems
     assert "mlp.0" not in problems
+
+
+def test_training_with_adapters_resumes_exactly(tmp_path):
+    small = {"img_size": 32, "patch_size": 8, "depth": 2}
+
+    def fresh() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = za.adapt(
+            "timm/vit_tiny_patch16_224", pretrained=False, num_classes=3, lora={"r": 4}, **small
+        )
+        return model, za.optimizer(model, "adamw", lr=1e-2)
+
+    def step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, seed: int) -> None:
+        model.train()
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(image(seed)), torch.tensor([0, 2])).backward()
+        optimizer.step()
+
+    model, optimizer = fresh()
+    step(model, optimizer, 0)
+    za.save_training(model, tmp_path / "run.pt", optimizer)
+    step(model, optimizer, 1)
+    resumed = za.load_training(tmp_path / "run.pt")  # rebuilt: base, adapters, state
+    step(resumed.model, resumed.optimizer, 1)
+    assert set(za.adapter_names(resumed.model)) == set(za.adapter_names(model))
+    for (name, expected), got in zip(
+        model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(got, expected), name
+    assert za.freeze_state(resumed.model)["frozen"] == za.freeze_state(model)["frozen"]
