@@ -10,6 +10,11 @@ Gradual unfreezing with discriminative learning rates, then save the result:
     python examples/finetune.py --model resnet18 --data photos/ --freeze backbone \
         --unfreeze-at 3:layer4 6:layer3 --lr-range 1e-4 1e-3 --out tuned.safetensors
 
+LoRA adapters of rank 8 on the pointwise convolutions, with the head:
+
+    python examples/finetune.py --model mobilenet_v2 --pretrained IMAGENET1K_V1 \
+        --dataset digits --lora 8 --lora-targets conv --epochs 10
+
 Head only, trained on features the frozen backbone computes once:
 
     python examples/finetune.py --model resnet50 --data photos/ --feature-cache
@@ -66,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr-range", type=float, nargs=2, metavar=("LOW", "HIGH"))
     parser.add_argument("--unfreeze-lr", type=float, help="lr of unfrozen groups (lr / 10)")
     parser.add_argument("--feature-cache", action="store_true", help="train the head on cache")
+    parser.add_argument("--lora", type=int, metavar="R", help="LoRA adapters of rank R (za.lora)")
+    parser.add_argument("--lora-targets", default="attention", help="roles or module regexes")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--size", type=int, help="image side (default: the model's; 64 for digits)")
@@ -166,6 +173,9 @@ def build_model(args: argparse.Namespace, classes: list[str], in_chans: int) -> 
     lowered = args.pretrained.lower()
     pretrained = {"none": False, "default": True}.get(lowered, args.pretrained)
     model = za.adapt(args.model, classes=classes, in_chans=in_chans, pretrained=pretrained)
+    if args.lora:  # adapters and head train; the base is frozen with the --bn policy
+        targets = args.lora_targets.split(",")
+        return za.lora(model, r=args.lora, targets=targets, bn=args.bn)
     return za.freeze(model, spec(args.freeze), bn=args.bn)  # "none" freezes nothing
 
 

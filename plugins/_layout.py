@@ -113,3 +113,13 @@ def present_roles(table: dict[str, str]) -> Callable[[nn.Module], dict[str, str]
         }
 
     return roles
+
+
+def pointwise_convs(model: nn.Module) -> str:
+    """Regex full-matching the names of the model's ungrouped 1x1 convolutions (LoRA ``conv``)."""
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
+    ]
+    return "|".join(re.escape(name) for name in names)

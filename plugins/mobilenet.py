@@ -1,6 +1,6 @@
 """MobileNet v2 and v3 (torchvision)."""
 
-from zooadapt_plugins._layout import prefix, strided_stages
+from zooadapt_plugins._layout import pointwise_convs, prefix, strided_stages
 
 from zooadapt import Family, hookimpl
 
@@ -22,6 +22,11 @@ def _v3_groups(model):
     ]
 
 
+def _pointwise(model):
+    """LoRA ``conv``: the expansion and projection 1x1 convolutions (not the depthwise)."""
+    return {"conv": pointwise_convs(model)}
+
+
 @hookimpl
 def zooadapt_families():
     """MobileNets: stem, stages split where the resolution halves, head."""
@@ -31,6 +36,7 @@ def zooadapt_families():
         head="classifier.1",
         stem="features.0.0",
         groups=_v2_groups,
+        roles=_pointwise,
     )
     yield Family(
         name="mobilenet_v3",
@@ -38,4 +44,5 @@ def zooadapt_families():
         head="classifier.3",
         stem="features.0.0",
         groups=_v3_groups,
+        roles=_pointwise,
     )

@@ -73,3 +73,14 @@ def test_finetune_on_an_image_folder_saves_its_class_names(tmp_path: Path) -> No
     model = za.load(out)
     assert za.labels(model) == ("road", "tabby", "water")
     assert za.data_config(model).mean == (0.485, 0.456, 0.406)
+
+
+def test_finetune_with_lora_adapters_saves_them(tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    out = tmp_path / "lora.safetensors"
+    result = run("--epochs", "1", "--lora", "2", "--lora-targets", r"layer4\.\d+\.conv2",
+                 "--out", str(out))  # fmt: skip
+    assert 0.0 <= accuracy(result) <= 1.0
+    model = za.load(out)
+    expected = {f"layer4.{b}.conv2.lora_{side}.default.weight" for b in (0, 1) for side in "AB"}
+    assert set(za.adapter_names(model)) == expected

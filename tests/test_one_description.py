@@ -453,9 +453,11 @@ def test_meta_construction_is_scoped_to_its_thread():
 #: Public functions that take a model but never consult its family (they look at
 #: ``requires_grad`` flags or wrappers only).
 FAMILY_FREE = {
+    "adapter_names",  # reads parameter names only
     "first_conv",
     "freeze_state",
     "load_freeze_state",
+    "merge_lora",  # folds PEFT's layers, whichever family
     "meta_copy",
     "output_layer",
     "output_layers",

@@ -357,3 +357,45 @@ def test_training_with_adapters_resumes_exactly(tmp_path):
     ):
         assert torch.equal(got, expected), name
     assert za.freeze_state(resumed.model)["frozen"] == za.freeze_state(model)["frozen"]
+
+
+# -- a sample of timm and transformers architectures, on meta ------------------------------
+
+TIMM_SAMPLE = ["deit_tiny_patch16_224", "beit_base_patch16_224", "eva02_tiny_patch14_224",
+               "swin_tiny_patch4_window7_224", "cait_xxs24_224"]  # fmt: skip
+HF_SAMPLE = {
+    "DeiT": {}, "Beit": {}, "Dinov2": {}, "Swin": {"embed_dim": 16, "depths": [1, 1],
+    "num_heads": [1, 1]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", TIMM_SAMPLE)
+def test_timm_transformers_get_attention_adapters_on_meta(arch):
+    model = za.adapt(f"timm/{arch}", pretrained=False, num_classes=3, device="meta")
+    targets = za.lora_targets(model, "attention")
+    za.lora(model, r=4)
+    adapted = {n.split(".lora_")[0] for n in za.adapter_names(model)}
+    assert adapted == set(targets) and len(adapted) >= 2
+    assert all(
+        n in set().union(*za.anatomy(model).groups.values()) for n in za.adapter_names(model)
+    )
+
+
+@pytest.mark.parametrize("kind", sorted(HF_SAMPLE))
+def test_transformers_classifiers_get_q_k_v_adapters(kind):
+    small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64, "image_size": 32, "patch_size": 8}  # fmt: skip
+    if kind == "Swin":
+        small = {"image_size": 32, "patch_size": 4, "window_size": 2}
+    config = getattr(transformers, f"{kind}Config")(**{**small, **HF_SAMPLE[kind]}, num_labels=3)
+    torch.manual_seed(0)
+    model = getattr(transformers, f"{kind}ForImageClassification")(config).eval()
+    x = image()
+    with torch.no_grad():
+        expected = run(model, x)
+    za.lora(model, r=4, targets=["q", "k", "v"])
+    with torch.no_grad():
+        torch.testing.assert_close(run(model, x), expected, rtol=0, atol=0)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[1] for n in za.adapter_names(model)} <= {
+        "q_proj", "k_proj", "v_proj", "query", "key", "value"
+    }  # fmt: skip
