@@ -210,3 +210,34 @@ def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
     assert printed == str(
         ["head", "head.no_decay", "layer4", "layer4.no_decay", "layer3", "layer3.no_decay"]
     )
+
+
+def test_lora_adapters_train_under_the_callback_and_the_base_stays(tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+
+    class LoraClassifier(Classifier):
+        def __init__(self, seed: int) -> None:
+            L.LightningModule.__init__(self)
+            torch.manual_seed(seed)
+            small = {"img_size": 32, "patch_size": 8, "depth": 2}
+            self.model = za.adapt(
+                "timm/vit_tiny_patch16_224", pretrained=False, num_classes=3,
+                lora={"r": 2}, **small,
+            )  # fmt: skip
+
+    module = LoraClassifier(0)
+    base = {n: t.clone() for n, t in module.model.state_dict().items() if "lora_" not in n}
+    adapters = {n: p.clone() for n, p in module.model.named_parameters() if "lora_B" in n}
+    callback = ZooAdaptFinetuning(freeze="backbone")
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, callbacks=[callback],
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, loader())
+    state = module.model.state_dict()
+    head = set(za.anatomy(module.model).groups["head"])
+    assert all(torch.equal(state[n], t) for n, t in base.items() if n not in head)
+    assert all(not torch.equal(state[n], t) for n, t in adapters.items())  # they trained

@@ -38,7 +38,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from zooadapt._core.plugins import PluginManager
 from zooadapt.errors import OptimizerError
-from zooadapt.freeze import FreezeSpec, freeze, freeze_state, load_freeze_state
+from zooadapt.freeze import FreezeSpec, freeze, freeze_state, load_freeze_state, unfreeze
+from zooadapt.lora import ADAPTER, adapter_names
 from zooadapt.optim import LearningRate
 from zooadapt.schedule import FineTuneSchedule
 from zooadapt.types import Family
@@ -128,9 +129,16 @@ class ZooAdaptFinetuning(pl.Callback):
     # -- Lightning hooks, in the order Lightning calls them ----------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Freeze before ``configure_optimizers`` builds the optimizer (fit only)."""
+        """Freeze before ``configure_optimizers`` builds the optimizer (fit only).
+
+        LoRA adapters (:func:`zooadapt.lora`) stay trainable: the freeze spec is for the
+        base.
+        """
         if stage == "fit":
-            freeze(self.zoo_model(pl_module), self.freeze, bn=self.bn, **self.lookup)
+            model = self.zoo_model(pl_module)
+            freeze(model, self.freeze, bn=self.bn, **self.lookup)
+            if adapter_names(model):
+                unfreeze(model, [ADAPTER.pattern], **self.lookup)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep the checkpoint's state until the optimizer exists (``on_fit_start``)."""
