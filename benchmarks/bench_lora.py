@@ -21,6 +21,7 @@ from _machine import cpu_name
 
 import zooadapt as za
 from zooadapt.bench import setting_options
+from zooadapt.saving import adapters_only_state
 
 MIB = 2**20
 
@@ -40,13 +41,7 @@ def models() -> dict[str, torch.nn.Module]:
 def adapters_only_bytes(model: torch.nn.Module) -> int:
     """What an adapters-only file holds: the adapters, the head and the stem."""
     lora = za.lora(copy.deepcopy(model), **setting_options("lora")["lora"])
-    anat = za.anatomy(lora)
-    prefixes = tuple(f"{p}." for p in (*anat.head, *anat.stems))
-    return sum(
-        t.numel() * t.element_size()
-        for k, t in lora.state_dict().items()
-        if "lora_" in k or k.replace(".base_layer", "").startswith(prefixes)
-    )
+    return sum(t.numel() * t.element_size() for t in adapters_only_state(lora).values())
 
 
 def main() -> None:

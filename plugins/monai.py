@@ -26,7 +26,6 @@ from zooadapt import (
     Weights,
     Zoo,
     hookimpl,
-    load_weights,
 )
 
 ZOO = "monai"
@@ -113,6 +112,8 @@ def _build(arch: str, weights: Weights | None = None, **kwargs: Any) -> nn.Modul
             f"{ZOO}/{arch} MedicalNet weights need {needed}; got {clash}: drop them, or "
             "pass pretrained=False"
         )
+    from zooadapt import load_weights  # imports the loader only when weights are loaded
+
     model = getattr(_nets(arch), builder)(**{**kwargs, **needed})
     report = load_weights(model, weights.file, strict=False)
     stray = [k for k in report.unexpected if not k.startswith(SEGMENTATION_HEAD)]

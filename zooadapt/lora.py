@@ -26,6 +26,8 @@ __all__ = [
     "ROLES",
     "TARGET_SETS",
     "adapter_names",
+    "base_name",
+    "is_adapter",
     "lora",
     "lora_settings",
     "lora_targets",
@@ -151,8 +153,8 @@ def lora(
     }
     options: dict[str, Any] = {"family": family, "plugin_manager": plugin_manager}
     freeze(root, "backbone", bn=bn, **options)
-    heads = [g for g in describe(root, plugin_manager, family)[1].groups if g == "head"]
-    unfreeze(root, [ADAPTER.pattern, *heads], **options)  # PEFT froze everything else
+    head = list(describe(root, plugin_manager, family)[1].groups)[-1]  # the head group
+    unfreeze(root, [ADAPTER.pattern, head], **options)  # PEFT froze everything else
     return model
 
 
@@ -166,9 +168,19 @@ def lora_settings(model: nn.Module) -> dict[str, Any] | None:
     return dict(record) if record else None
 
 
+def base_name(name: str) -> str:
+    """A tensor's name without PEFT's ``.base_layer``: its name before :func:`lora`."""
+    return name.replace(".base_layer", "")
+
+
+def is_adapter(name: str) -> bool:
+    """Whether a parameter or state-dict name is a LoRA adapter tensor's."""
+    return ADAPTER.search(name) is not None
+
+
 def adapter_names(model: nn.Module) -> list[str]:
     """The names of the LoRA adapter parameters of ``model``."""
-    return [n for n, _ in unwrap(model).named_parameters() if ADAPTER.search(n)]
+    return [n for n, _ in unwrap(model).named_parameters() if is_adapter(n)]
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -183,11 +195,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     root = unwrap(model)
-    base = {
-        n.replace(".base_layer", ""): p.requires_grad
-        for n, p in root.named_parameters()
-        if not ADAPTER.search(n)
-    }
+    base = {base_name(n): p.requires_grad for n, p in root.named_parameters() if not is_adapter(n)}
     while True:  # outermost first: PEFT's attention layer merges its out_proj itself
         layers = [(n, m) for n, m in root.named_modules() if isinstance(m, BaseTunerLayer)]
         if not layers:

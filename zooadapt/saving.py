@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zlib
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from zooadapt.adapt import adapt, adapted_from, sync_config
 from zooadapt.data import data_config, record_config
 from zooadapt.errors import CheckpointError, DataError, FamilyNotFoundError
 from zooadapt.labels import labels, record_labels
-from zooadapt.lora import lora_settings
+from zooadapt.lora import base_name, is_adapter, lora_settings
 from zooadapt.types import DataConfig, Family
 
 __all__ = [
@@ -134,7 +135,7 @@ def save(
     if not is_writer(model):
         return Path(path)
     if adapters_only:
-        state = _adapters_head_and_stem(model, state, family, plugin_manager)
+        state = adapters_only_state(model, state, family=family, plugin_manager=plugin_manager)
     tensors = _unique_contiguous(state)
     info["checksums"] = {key: checksum(tensor) for key, tensor in tensors.items()}
     with atomic_write(path) as temporary:
@@ -155,20 +156,25 @@ def _check_adapters_only(model: nn.Module, info: dict[str, Any]) -> None:
         )
 
 
-def _adapters_head_and_stem(
+def adapters_only_state(
     model: nn.Module,
-    state: dict[str, torch.Tensor],
-    family: str | Family | None,
-    plugin_manager: PluginManager | None,
+    state: dict[str, torch.Tensor] | None = None,
+    *,
+    family: str | Family | None = None,
+    plugin_manager: PluginManager | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The adapters, and the head and stem (new or adapted), of a full state dict."""
+    """What ``save(..., adapters_only=True)`` writes: adapters, head and stem.
+
+    Args:
+        model: A model with LoRA adapters.
+        state: Its full state dict (default ``model.state_dict()``).
+        family: Force a family by name, or pass a :class:`Family`.
+        plugin_manager: Defaults to the one the model's family was found with.
+    """
     anat = anatomy(model, family=family, plugin_manager=plugin_manager)
     prefixes = tuple(f"{path}." for path in (*anat.head, *anat.stems))
-    return {
-        key: tensor
-        for key, tensor in state.items()
-        if "lora_" in key or key.replace(".base_layer", "").startswith(prefixes)
-    }
+    state = unwrap(model).state_dict() if state is None else state
+    return {k: t for k, t in state.items() if is_adapter(k) or base_name(k).startswith(prefixes)}
 
 
 def checksum(tensor: torch.Tensor) -> str:
@@ -381,8 +387,6 @@ def _rebuild_with_adapters(
     plugin_manager: PluginManager | None,
 ) -> nn.Module:
     """The base (zoo weights for an adapters-only file), the adapters, then the file."""
-    import re
-
     from zooadapt.loading import load_weights
     from zooadapt.lora import lora
 
