@@ -290,7 +290,29 @@ def _checked_metadata(path: str | os.PathLike[str], info: object) -> dict[str, A
     if names is not None and not all(isinstance(n, str) for n in names):
         raise CheckpointError(f"{path}: zooadapt metadata field 'labels' holds non-strings")
     _read_config(path, info.get("data_config"))
+    _check_lora(path, info.get("lora"))
     return info
+
+
+def _check_lora(path: str | os.PathLike[str], lora: dict[str, Any] | None) -> None:
+    """Recorded adapters: ``r`` a positive int, numbers, and module names as strings."""
+    if lora is None:
+        return
+    number = (int, float)
+    fits = (
+        isinstance(lora.get("r"), int)
+        and not isinstance(lora.get("r"), bool)
+        and lora["r"] > 0
+        and isinstance(lora.get("alpha"), number)
+        and isinstance(lora.get("dropout"), number)
+        and isinstance(lora.get("targets"), list)
+        and all(isinstance(t, str) for t in lora["targets"])
+    )
+    if not fits:
+        raise CheckpointError(
+            f"{path}: zooadapt metadata field 'lora' is {lora!r}, not adapters za.save "
+            "recorded (r, alpha, dropout, targets); the file is damaged"
+        )
 
 
 def _read_config(path: str | os.PathLike[str], values: dict[str, Any] | None) -> DataConfig | None:

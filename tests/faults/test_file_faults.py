@@ -93,8 +93,29 @@ def test_a_huge_header_length_is_refused(tmp_path):
             lambda info: json.dumps({**info, "data_config": {"input_size": "x", "exec": 1}}),
             "unknown DataConfig fields",
         ),
+        (lambda info: json.dumps({**info, "lora": {"targets": 5}}), "'lora'"),
+        (
+            lambda info: json.dumps(
+                {**info, "lora": {"r": 0, "alpha": 1, "dropout": 0, "targets": ["fc"]}}
+            ),
+            "'lora'",
+        ),
+        (lambda info: json.dumps({**info, "lora": "r=8"}), "'lora'"),
     ],
-    ids=["json", "format", "missing", "type", "list", "label-ints", "label-str", "std", "fields"],
+    ids=[
+        "json",
+        "format",
+        "missing",
+        "type",
+        "list",
+        "label-ints",
+        "label-str",
+        "std",
+        "fields",
+        "lora-fields",
+        "lora-rank",
+        "lora-str",
+    ],
 )
 def test_bad_za_save_metadata_is_refused(saved, tmp_path, change, message):
     from safetensors.torch import load_file, save_file
