@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable
 
 from torch import nn
 
+from zooadapt.lora import base_name, is_adapter
+
 GroupList = list[tuple[str, str]]
 
 
@@ -101,11 +103,12 @@ def present_roles(table: dict[str, str]) -> Callable[[nn.Module], dict[str, str]
     """The LoRA roles of ``table`` that some ``nn.Linear`` of the model plays.
 
     For families that cover many layouts (timm, transformers): a role is declared for a
-    model only when its regex full-matches one of the model's linear layers.
+    model only when its regex full-matches one of the model's linear layers (those that
+    already hold adapters included).
     """
 
     def roles(model: nn.Module) -> dict[str, str]:
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        linears = [base_name(n) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         return {
             role: pattern
             for role, pattern in table.items()
@@ -118,8 +121,11 @@ def present_roles(table: dict[str, str]) -> Callable[[nn.Module], dict[str, str]
 def pointwise_convs(model: nn.Module) -> str:
     """Regex full-matching the names of the model's ungrouped 1x1 convolutions (LoRA ``conv``)."""
     names = [
-        name
+        base_name(name)  # a layer that holds adapters is its base layer's name
         for name, module in model.named_modules()
-        if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
+        if isinstance(module, nn.Conv2d)
+        and module.kernel_size == (1, 1)
+        and module.groups == 1
+        and not is_adapter(f"{name}.")
     ]
     return "|".join(re.escape(name) for name in names)

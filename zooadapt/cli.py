@@ -131,6 +131,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
         num_classes=args.num_classes,
         in_chans=args.in_chans,
         freeze=args.freeze,
+        lora=args.lora,
         device="meta",  # nothing is loaded; the default weights' data config and labels are read
     )
     info = _describe(model)
@@ -144,6 +145,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print(f"classes: {info['num_classes']}  input: {info['in_chans']} channels, {size}")
     print("\n".join(_data_lines(info)))
     print("\n".join(_group_lines(info)))
+    print("\n".join(_lora_lines(info)))
     print("\n".join(_weights_lines(ref.qualified, info["weights"])))
 
 
@@ -152,6 +154,7 @@ def _describe(model: nn.Module) -> dict[str, Any]:
     from zooadapt._core.anatomy import anatomy
     from zooadapt.data import data_config
     from zooadapt.labels import labels
+    from zooadapt.lora import adapter_names, lora_roles, lora_settings
 
     anat = anatomy(model)
     class_names = labels(model)
@@ -169,6 +172,8 @@ def _describe(model: nn.Module) -> dict[str, Any]:
                 "trainable": flag,
             }
         )
+    settings = lora_settings(model)
+    adapters = sum(params[n].numel() for n in adapter_names(model))
     return {
         "class": type(model).__name__,
         "family": anat.family,
@@ -184,6 +189,8 @@ def _describe(model: nn.Module) -> dict[str, Any]:
         "groups": groups,
         "parameters": sum(g["parameters"] for g in groups),
         "trainable_parameters": sum(g["trainable_parameters"] for g in groups),
+        "roles": lora_roles(model),
+        "lora": None if settings is None else {**settings, "parameters": adapters},
     }
 
 
@@ -222,6 +229,19 @@ def _group_lines(info: dict[str, Any]) -> list[str]:
         )
     total, trainable = info["parameters"], info["trainable_parameters"]
     lines.append(f"  {'total':<{width}}  {total:>12,}  {trainable:,} trainable")
+    return lines
+
+
+def _lora_lines(info: dict[str, Any]) -> list[str]:
+    """The family's LoRA roles, and the adapters when ``--lora`` put some on."""
+    roles = ", ".join(f"{role} ({len(names)})" for role, names in info["roles"].items())
+    lines = [f"LoRA roles: {roles or 'none declared (target module-name regexes)'}"]
+    if info["lora"] is not None:
+        lora = info["lora"]
+        lines.append(
+            f"LoRA: r={lora['r']}, alpha={lora['alpha']:g}, on {len(lora['targets'])} modules, "
+            f"{lora['parameters']:,} adapter parameters"
+        )
     return lines
 
 
@@ -567,6 +587,15 @@ def _add_freeze(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--freeze", type=_freeze, metavar="SPEC", help=FREEZE_HELP)
 
 
+def _add_lora(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lora",
+        type=_lora,
+        help="LoRA adapters, e.g. r=8,targets=attention (targets: a role, attention, all, or "
+        "roles joined by +: qkv+mlp)",
+    )
+
+
 def _add_list(commands: Any) -> None:
     listing = commands.add_parser(
         "list", help="list model names, e.g. zooadapt list 'vit*' --zoo timm"
@@ -585,6 +614,7 @@ def _add_info(commands: Any) -> None:
     info.add_argument("--num-classes", type=int)
     info.add_argument("--in-chans", type=int)
     _add_freeze(info)
+    _add_lora(info)
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(run=_cmd_info)
 
@@ -597,12 +627,7 @@ def _add_adapt(commands: Any) -> None:
     adapting.add_argument("--num-classes", type=int)
     adapting.add_argument("--in-chans", type=int)
     adapting.add_argument("--stem-init", choices=("sum", "repeat", "zeros"))
-    adapting.add_argument(
-        "--lora",
-        type=_lora,
-        help="LoRA adapters, e.g. r=8,targets=attention (targets: a role, attention, all, or "
-        "roles joined by +: qkv+mlp)",
-    )
+    _add_lora(adapting)
     adapting.add_argument(
         "--inflate",
         choices=("spread", "center"),

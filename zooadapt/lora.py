@@ -29,6 +29,7 @@ __all__ = [
     "base_name",
     "is_adapter",
     "lora",
+    "lora_roles",
     "lora_settings",
     "lora_targets",
     "merge_lora",
@@ -58,9 +59,7 @@ def lora_targets(
             no module; the message lists the roles the family declares.
     """
     root = unwrap(model)
-    declared, anat = describe(root, plugin_manager, family)
-    roles = call_family(declared, "roles", lambda: declared.item.roles_of(root))
-    names = [n for n, m in root.named_modules() if n and not _is_head(n, anat.head)]
+    declared, roles, names = _declared_roles(root, family, plugin_manager)
     chosen: list[str] = []
     for target in [targets] if isinstance(targets, str) else list(targets):
         wanted = _patterns(target, roles, declared.item.name)
@@ -72,6 +71,32 @@ def lora_targets(
             )
         chosen += [n for n in found if n not in chosen]
     return chosen
+
+
+def lora_roles(
+    model: nn.Module,
+    *,
+    family: str | Family | None = None,
+    plugin_manager: PluginManager | None = None,
+) -> dict[str, list[str]]:
+    """The roles the model's family declares, each with the modules playing it.
+
+    Returns:
+        Role name -> module names (heads excluded), in the family's order; empty for a
+        family that declares none.
+    """
+    _, roles, names = _declared_roles(unwrap(model), family, plugin_manager)
+    return {role: [n for n in names if re.fullmatch(regex, n)] for role, regex in roles.items()}
+
+
+def _declared_roles(
+    root: nn.Module, family: str | Family | None, plugin_manager: PluginManager | None
+) -> tuple[Any, Mapping[str, str], list[str]]:
+    """The model's declared family, its roles, and the names of its non-head modules."""
+    declared, anat = describe(root, plugin_manager, family)
+    roles = call_family(declared, "roles", lambda: declared.item.roles_of(root))
+    names = [n for n, _ in root.named_modules() if n and not _is_head(n, anat.head)]
+    return declared, roles, names
 
 
 def _patterns(target: str, roles: Mapping[str, str], family: str) -> list[str]:
@@ -128,28 +153,42 @@ def lora(
         ``model``, with adapters.
 
     Raises:
-        AdaptError: If PEFT is missing, ``r`` is not positive or a target matches nothing;
-            the model is then unchanged.
+        AdaptError: If PEFT is missing, ``r`` is not positive, the model holds adapters
+            already, a target matches nothing or is a layer PEFT cannot adapt; the model
+            is then unchanged.
     """
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise AdaptError(f"LoRA rank r must be a positive int, got {r!r}")
     root = unwrap(model)
+    if adapter_names(root):
+        raise AdaptError(
+            f"{type(root).__qualname__} already holds LoRA adapters on "
+            f"{len((lora_settings(root) or {}).get('targets', []))} modules: pass all the "
+            "targets in one za.lora call (targets=[...]), or za.merge_lora(model) first"
+        )
     names = lora_targets(root, targets, family=family, plugin_manager=plugin_manager)
     peft = _peft()
     config = peft.LoraConfig(
         r=r, lora_alpha=alpha if alpha is not None else r, lora_dropout=dropout,
         target_modules=names, bias="none",
     )  # fmt: skip
+    config._register_custom_module({nn.MultiheadAttention: _attention_layer()})
+    trainable = {n: p.requires_grad for n, p in root.named_parameters()}
     try:
         peft.inject_adapter_in_model(config, root)
     except (ValueError, TypeError) as err:
-        raise AdaptError(f"PEFT cannot put LoRA adapters on {names[:3]}...: {err}") from err
-    previous = root.__dict__.get(_RECORD, {}).get("targets", [])
+        _remove_adapters(root, merge=False)
+        for name, param in root.named_parameters():
+            param.requires_grad_(trainable[name])
+        raise AdaptError(
+            f"PEFT cannot put LoRA adapters on the modules of {type(root).__qualname__} "
+            f"that targets={targets!r} selects: {err}"
+        ) from err
     root.__dict__[_RECORD] = {
         "r": r,
         "alpha": config.lora_alpha,
         "dropout": dropout,
-        "targets": [*previous, *names],
+        "targets": names,
     }
     options: dict[str, Any] = {"family": family, "plugin_manager": plugin_manager}
     freeze(root, "backbone", bn=bn, **options)
@@ -192,32 +231,30 @@ def merge_lora(model: nn.Module) -> nn.Module:
     Returns:
         ``model``, changed in place.
     """
+    _remove_adapters(unwrap(model), merge=True)
+    return model
+
+
+def _remove_adapters(root: nn.Module, *, merge: bool) -> None:
+    """Put every PEFT layer's base layer back, folding its adapters in when ``merge``."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    root = unwrap(model)
-    base = {base_name(n): p.requires_grad for n, p in root.named_parameters() if not is_adapter(n)}
-    while True:  # outermost first: PEFT's attention layer merges its out_proj itself
+    while True:  # outermost first: the attention layer merges its out_proj itself
         layers = [(n, m) for n, m in root.named_modules() if isinstance(m, BaseTunerLayer)]
         if not layers:
             break
         name, layer = min(layers, key=lambda item: item[0].count("."))
-        if not layer.merged:
+        if merge and not layer.merged:
             layer.merge()
         set_submodule(root, name, layer.get_base_layer())
-    _restore_parameters(root, base)
     root.__dict__.pop(_RECORD, None)
-    return model
+    root.__dict__.pop("peft_config", None)  # PEFT's record of its adapters
 
 
-def _restore_parameters(root: nn.Module, base: Mapping[str, bool]) -> None:
-    """Parameters again where merging left plain tensors (PEFT's attention merge does)."""
-    for name, requires_grad in base.items():
-        owner, _, attr = name.rpartition(".")
-        module = root.get_submodule(owner)
-        value = getattr(module, attr)
-        if not isinstance(value, nn.Parameter):
-            delattr(module, attr)
-            module.register_parameter(attr, nn.Parameter(value.detach(), requires_grad))
+def _attention_layer() -> type[nn.Module]:
+    from zooadapt._core.lora_attention import MultiheadAttention
+
+    return MultiheadAttention
 
 
 def _peft() -> Any:
