@@ -22,6 +22,10 @@ def zooadapt_families():
             "head": prefix("head"),
         },
         # Shifted-window attention reads attn.qkv.weight and attn.proj.weight
-        # functionally: adapters there would never receive a gradient.
-        roles={"mlp": r"features\.\d+\.\d+\.mlp\.[03]"},
+        # functionally: zooadapt's LoRA Linear gives them as adapted weights.
+        roles={
+            "qkv": r"features\.\d+\.\d+\.attn\.qkv",
+            "attn_out": r"features\.\d+\.\d+\.attn\.proj",
+            "mlp": r"features\.\d+\.\d+\.mlp\.[03]",
+        },
     )

@@ -241,3 +241,55 @@ def test_lora_adapters_train_under_the_callback_and_the_base_stays(tmp_path: Pat
     head = set(za.anatomy(module.model).groups["head"])
     assert all(torch.equal(state[n], t) for n, t in base.items() if n not in head)
     assert all(not torch.equal(state[n], t) for n, t in adapters.items())  # they trained
+
+
+class LoraClassifier(Classifier):
+    """A small timm ViT with LoRA r=2 on its attention."""
+
+    def __init__(self, seed: int) -> None:
+        L.LightningModule.__init__(self)
+        torch.manual_seed(seed)
+        small = {"img_size": 32, "patch_size": 8, "depth": 2}
+        self.model = za.adapt(
+            "timm/vit_tiny_patch16_224", pretrained=False, num_classes=3, lora={"r": 2}, **small
+        )
+
+
+def test_a_lora_run_with_a_schedule_resumes_exactly(tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    schedule = {2: "blocks.1"}  # the last block's base tensors join the adapters at epoch 2
+
+    def run(module: Classifier, epochs: int, root: Path, **kwargs) -> L.Trainer:
+        callback = ZooAdaptFinetuning(freeze="backbone", unfreeze=schedule, lr=1e-3)
+        checkpoint = kwargs.pop("checkpoint", None)
+        trainer = L.Trainer(
+            accelerator="cpu", devices=1, max_epochs=epochs, logger=False,
+            enable_progress_bar=False, enable_model_summary=False,
+            enable_checkpointing=checkpoint is not None, default_root_dir=root,
+            callbacks=[callback] + ([checkpoint] if checkpoint else []),
+        )  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(module, loader(), **kwargs)
+        return trainer
+
+    whole = LoraClassifier(seed=0)
+    straight = run(whole, 4, tmp_path / "straight")
+    saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    run(LoraClassifier(seed=0), 1, tmp_path / "first", checkpoint=saver)
+    second = LoraClassifier(seed=1)
+    resumed = run(second, 4, tmp_path / "second", ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+
+    adapters = set(za.adapter_names(whole.model))
+    block = set(za.anatomy(whole.model).groups["blocks.1"]) - adapters
+    assert "blocks.1.attn.qkv.base_layer.weight" in block
+    assert trainable(whole.model) == adapters | block | {"head.weight", "head.bias"}
+    assert trainable(second.model) == trainable(whole.model)
+    assert groups(resumed, second.model) == groups(straight, whole.model)
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(second.model.state_dict()[name], tensor), name
+    state = straight.optimizers[0].state_dict()["state"]
+    again = resumed.optimizers[0].state_dict()["state"]
+    assert state.keys() == again.keys()
+    for index, values in state.items():
+        assert all(torch.equal(values[k], again[index][k]) for k in values), index

@@ -172,7 +172,7 @@ def lora(
         r=r, lora_alpha=alpha if alpha is not None else r, lora_dropout=dropout,
         target_modules=names, bias="none",
     )  # fmt: skip
-    config._register_custom_module({nn.MultiheadAttention: _attention_layer()})
+    config._register_custom_module(_layers())
     trainable = {n: p.requires_grad for n, p in root.named_parameters()}
     try:
         peft.inject_adapter_in_model(config, root)
@@ -251,10 +251,11 @@ def _remove_adapters(root: nn.Module, *, merge: bool) -> None:
     root.__dict__.pop("peft_config", None)  # PEFT's record of its adapters
 
 
-def _attention_layer() -> type[nn.Module]:
-    from zooadapt._core.lora_attention import MultiheadAttention
+def _layers() -> dict[type[nn.Module], type[nn.Module]]:
+    """The LoRA layers for weights read functionally, by the layer type they adapt."""
+    from zooadapt._core.lora_layers import Linear, MultiheadAttention
 
-    return MultiheadAttention
+    return {nn.MultiheadAttention: MultiheadAttention, nn.Linear: Linear}
 
 
 def _peft() -> Any:

@@ -48,7 +48,7 @@ MODELS = {"vit": tv_vit, "swin": tv_swin, "maxvit": tv_maxvit, "timm": timm_vit,
 #: The roles each family declares for these models.
 ROLES = {
     "vit": {"qkv", "mlp"},
-    "swin": {"mlp"},  # attention reads qkv and proj weights functionally
+    "swin": {"qkv", "attn_out", "mlp"},  # attention reads qkv and proj weights functionally
     "maxvit": {"qkv", "attn_out", "mlp", "conv"},
     "timm": {"qkv", "attn_out", "mlp"},
     "hf": {"q", "k", "v", "attn_out", "mlp"},
@@ -84,10 +84,6 @@ def test_each_family_declares_the_roles_its_layers_play(kind):
 @pytest.mark.parametrize("kind", sorted(MODELS))
 def test_adapters_keep_the_logits_learn_and_leave_the_base_bit_identical(kind, targets):
     model = build(kind)
-    if kind == "swin" and targets == "attention":
-        with pytest.raises(za.AdaptError, match="declares no attention roles"):
-            za.lora(model, targets=targets)
-        return
     x = image()
     with torch.no_grad():
         expected = run(model, x)
@@ -173,8 +169,28 @@ def _folded_by_hand(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_adapted_logits_are_the_base_with_each_update_added_once(kind):
     """Against a plain model holding ``W + alpha/r B A``: PEFT 0.21's own
     ``nn.MultiheadAttention`` layer adds the output projection's update twice."""
-    model = za.lora(build(kind), r=4, alpha=8, targets="all" if kind != "swin" else "mlp")
+    model = za.lora(build(kind), r=4, alpha=8, targets="all")
     _train(model)
+    reference = build(kind)
+    reference.load_state_dict(_folded_by_hand(model))
+    x = image(7)
+    with torch.no_grad():
+        torch.testing.assert_close(run(model, x), run(reference.eval(), x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kind", "target"),
+    [("vit", r"encoder\.layers\.encoder_layer_\d\.self_attention\.out_proj"),
+     ("swin", r"features\.\d\.\d\.attn\.(qkv|proj)")],
+)  # fmt: skip
+def test_adapters_on_weights_read_functionally_learn_and_count(kind, target):
+    """nn.MultiheadAttention reads out_proj.weight, Swin attn.qkv/proj.weight, as tensors:
+    PEFT's own adapters there never get a gradient; zooadapt's Linear gives the adapted
+    weight to the reader."""
+    model = za.lora(build(kind), r=4, targets=target)
+    _train(model)
+    moved = [n for n, p in model.named_parameters() if "lora_B" in n and p.abs().sum() > 0]
+    assert sorted(moved) == sorted(n for n in za.adapter_names(model) if "lora_B" in n)
     reference = build(kind)
     reference.load_state_dict(_folded_by_hand(model))
     x = image(7)
@@ -328,7 +344,7 @@ def test_the_lora_memory_estimate_equals_a_measured_step(kind):
     from zooadapt.memory import measure_step
 
     model = build(kind)
-    targets = "mlp" if kind == "swin" else "attention"
+    targets = "attention"
     estimate = za.estimate_memory(
         model, batch_size=2, input_size=32, lora={"r": 4, "targets": targets}
     )
@@ -392,16 +408,25 @@ def test_the_kit_checks_that_every_role_matches_and_every_adapter_learns():
         check_family(za.anatomy(build(kind)).family, MODELS[kind], input_shape=(2, 3, 32, 32))
     swin = za.get_plugin_manager().families()
     family = next(d.item for d in swin if d.item.name == "swin")
-    functional = dataclasses.replace(
+    unused = dataclasses.replace(
         family,
-        roles={"qkv": r"features\.\d+\.\d+\.attn\.qkv", "mlp": r"features\.\d+\.\d+\.mlp\.0",
+        roles={"qkv": r"features\.\d+\.\d+\.attn\.spare", "mlp": r"features\.\d+\.\d+\.mlp\.0",
                "attn_out": r"nothing\.here"},
     )  # fmt: skip
-    report = family_report(functional, tv_swin, input_shape=(2, 3, 32, 32))
+    report = family_report(unused, swin_with_a_spare_layer, input_shape=(2, 3, 32, 32))
     problems = "\n".join(str(p) for p in report.problems)
     assert "role 'attn_out' ('nothing\\\\.here') matches no module" in problems
-    assert "received no gradient" in problems and "attn.qkv" in problems
+    assert "received no gradient" in problems and "attn.spare" in problems
     assert "mlp.0" not in problems
+
+
+def swin_with_a_spare_layer() -> torch.nn.Module:
+    """A Swin whose attention blocks hold a linear layer their forward never uses."""
+    model = tv_swin()
+    for stage in model.features[1::2]:
+        for block in stage:
+            block.attn.spare = torch.nn.Linear(4, 4)
+    return model
 
 
 def test_training_with_adapters_resumes_exactly(tmp_path):

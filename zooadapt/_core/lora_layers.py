@@ -1,4 +1,10 @@
-"""LoRA for ``nn.MultiheadAttention`` whose frozen weights are never written.
+"""LoRA layers for weights that a module reads functionally, never written in place.
+
+Some modules read their projection weights as tensors instead of calling a layer:
+torchvision's Swin passes ``attn.qkv.weight`` and ``attn.proj.weight`` to a function,
+so a LoRA ``Linear`` whose ``forward`` adds the update is never called there.
+:class:`Linear` is PEFT's layer whose ``weight`` includes the update, so a reader of the
+weight gets the adapted one (and its gradient reaches the adapter).
 
 ``nn.MultiheadAttention`` reads ``in_proj_weight`` and ``out_proj.weight`` functionally,
 so an adapter cannot hook a ``forward``. PEFT's layer adds the update into those frozen
@@ -18,11 +24,31 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from peft.tuners.lora.layer import Linear as PeftLinear
 from peft.tuners.lora.layer import MultiheadAttention as PeftMultiheadAttention
 from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch.func import functional_call
 
-__all__ = ["MultiheadAttention"]
+__all__ = ["Linear", "MultiheadAttention"]
+
+
+class Linear(PeftLinear):
+    """PEFT's ``nn.Linear`` LoRA layer whose ``weight`` is the adapted weight.
+
+    ``forward`` is PEFT's (``base(x) + s B A x``, with dropout). Reading ``weight``
+    gives ``W + s B A`` while adapters are active and unmerged, else the base weight.
+    """
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base weight plus each active adapter's update."""
+        weight = self.get_base_layer().weight
+        if self.disable_adapters or self.merged:
+            return weight
+        for adapter in self.active_adapters:
+            if adapter in self.lora_A:
+                weight = weight + _update(self, adapter).to(weight.dtype)
+        return weight
 
 
 class MultiheadAttention(PeftMultiheadAttention):
