@@ -242,6 +242,29 @@ def test_save_then_load_gives_the_same_logits_labels_and_config(published, tmp_p
     assert loaded.config.num_channels == 1
 
 
+def test_a_lora_model_saves_whole_and_adapters_only_and_loads_with_the_same_logits(
+    published, tmp_path
+):
+    pytest.importorskip("peft")
+    model = za.adapt(f"hf/{VIT}", classes=["owl", "newt"], lora={"r": 2, "targets": "all"})
+    optimizer = za.optimizer(model, "adamw", lr=5e-2)
+    for step in range(2):
+        optimizer.zero_grad()
+        logits = model.train()(pixel_values=rand(2, 3, 32, 32, seed=step).float()).logits
+        torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).backward()
+        optimizer.step()
+    whole = za.save(model, tmp_path / "whole.safetensors")
+    small = za.save(model, tmp_path / "small.safetensors", adapters_only=True)
+    assert small.stat().st_size < whole.stat().st_size / 2  # the stem rides along
+    x = rand(2, 3, 32, 32)
+    expected = hf_logits(model.eval(), x)
+    for path in (whole, small):
+        loaded = za.load(path).eval()
+        torch.testing.assert_close(hf_logits(loaded, x), expected, rtol=0, atol=0)
+        assert za.adapter_names(loaded) == za.adapter_names(model)
+        assert za.labels(loaded) == ("owl", "newt")
+
+
 def test_save_pretrained_is_read_by_transformers_and_by_adapt(published, tmp_path):
     model = za.adapt(f"hf/{VIT}", in_chans=1, classes=["owl", "newt"])
     model.save_pretrained(tmp_path / "gray")

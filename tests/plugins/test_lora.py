@@ -298,6 +298,21 @@ def test_a_saved_lora_model_loads_with_its_adapters_and_the_same_logits(tmp_path
         za.save(model, tmp_path / "small.safetensors", adapters_only=True)  # random base
 
 
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_a_saved_lora_model_of_each_family_loads_into_the_same_build(kind, tmp_path):
+    """Models built from a constructor: build, za.lora, then za.load_weights the file."""
+    model = za.lora(build(kind), r=4, targets="all")
+    _train(model)
+    za.save(model, tmp_path / "lora.safetensors")
+    torch.manual_seed(1)  # another base: every tensor must come from the file
+    again = za.lora(MODELS[kind]().eval(), r=4, targets="all")
+    report = za.load_weights(again, tmp_path / "lora.safetensors")
+    assert not report.missing and not report.unexpected
+    x = image(7)
+    with torch.no_grad():
+        torch.testing.assert_close(run(again, x), run(model, x), rtol=0, atol=0)
+
+
 def test_an_adapters_only_file_holds_adapters_head_and_stem_and_rebuilds_the_base(
     tmp_path, cached_mobilenet, offline
 ):
