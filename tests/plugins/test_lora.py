@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import timm
 import torch
@@ -496,21 +498,68 @@ def test_timm_transformers_get_attention_adapters_on_meta(arch):
     )
 
 
+#: Small configurations of the timm sample, for real steps.
+TIMM_SMALL = {
+    "deit_tiny_patch16_224": {"patch_size": 8, "depth": 2},
+    "beit_base_patch16_224": {"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2},
+    "eva02_tiny_patch14_224": {"patch_size": 8, "depth": 2},
+    "swin_tiny_patch4_window7_224": {"window_size": 2, "embed_dim": 16, "depths": (1, 1),
+                                     "num_heads": (1, 1)},
+    "cait_xxs24_224": {"patch_size": 8, "depth": 2, "depth_token_only": 1},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", sorted(TIMM_SMALL))
+def test_the_timm_sample_trains_its_adapters_only_saves_and_merges(arch, tmp_path):
+    def fresh(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        kwargs = {"img_size": 32, **TIMM_SMALL[arch]}
+        return timm.create_model(arch, num_classes=3, **kwargs).eval()
+
+    lora_cycle(fresh, "all", tmp_path)
+
+
+def lora_cycle(fresh: Callable[[int], torch.nn.Module], targets: object, tmp_path) -> None:
+    """Inject, train, save, load into another build and merge, checking each step."""
+    model = fresh(0)
+    x = image(7)
+    with torch.no_grad():
+        expected = run(model, x)
+    base = {n: t.clone() for n, t in model.state_dict().items()}
+    za.lora(model, r=4, targets=targets)
+    with torch.no_grad():
+        torch.testing.assert_close(run(model, x), expected, rtol=0, atol=0)
+    _train(model)
+    adapters = [n for n, p in model.named_parameters() if "lora_B" in n]
+    assert adapters and all(model.get_parameter(n).abs().sum() > 0 for n in adapters)
+    head = set(za.anatomy(model).groups["head"])
+    after = {base_name(k): v for k, v in model.state_dict().items() if not is_adapter(k)}
+    assert all(torch.equal(after[n], t) for n, t in base.items() if n not in head)
+    za.save(model, tmp_path / "lora.safetensors")
+    again = za.lora(fresh(1), r=4, targets=targets)
+    za.load_weights(again, tmp_path / "lora.safetensors")
+    with torch.no_grad():
+        adapted = run(model, x)
+        torch.testing.assert_close(run(again, x), adapted, rtol=0, atol=0)
+        za.merge_lora(model)
+        torch.testing.assert_close(run(model, x), adapted, rtol=1e-4, atol=1e-5)
+    assert set(model.state_dict()) == set(base)
+
+
 @pytest.mark.parametrize("kind", sorted(HF_SAMPLE))
-def test_transformers_classifiers_get_q_k_v_adapters(kind):
+def test_transformers_classifiers_get_q_k_v_adapters(kind, tmp_path):
     small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
              "intermediate_size": 64, "image_size": 32, "patch_size": 8}  # fmt: skip
     if kind == "Swin":
         small = {"image_size": 32, "patch_size": 4, "window_size": 2}
     config = getattr(transformers, f"{kind}Config")(**{**small, **HF_SAMPLE[kind]}, num_labels=3)
-    torch.manual_seed(0)
-    model = getattr(transformers, f"{kind}ForImageClassification")(config).eval()
-    x = image()
-    with torch.no_grad():
-        expected = run(model, x)
-    za.lora(model, r=4, targets=["q", "k", "v"])
-    with torch.no_grad():
-        torch.testing.assert_close(run(model, x), expected, rtol=0, atol=0)
+
+    def fresh(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return getattr(transformers, f"{kind}ForImageClassification")(config).eval()
+
+    model = za.lora(fresh(0), r=4, targets=["q", "k", "v"])
     assert {n.split(".lora_")[0].rsplit(".", 1)[1] for n in za.adapter_names(model)} <= {
         "q_proj", "k_proj", "v_proj", "query", "key", "value"
     }  # fmt: skip
+    lora_cycle(fresh, ["q", "k", "v"], tmp_path)
