@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 import socket
@@ -43,8 +44,10 @@ def loader() -> DataLoader:
     return DataLoader(data, batch_size=8, shuffle=False)
 
 
-def fit(module: Classifier, epochs: int, root: Path, **kwargs) -> L.Trainer:
-    callback = ZooAdaptFinetuning(unfreeze=SCHEDULE, lr=1e-3)
+def fit(
+    module: Classifier, epochs: int, root: Path, unfreeze: dict = SCHEDULE, **kwargs
+) -> L.Trainer:
+    callback = ZooAdaptFinetuning(unfreeze=unfreeze, lr=1e-3)
     checkpoint = kwargs.pop("checkpoint", None)
     trainer = L.Trainer(
         accelerator="cpu",
@@ -103,6 +106,13 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
         "layer3.no_decay",
     ]
     assert za.freeze_state(second.model) == za.freeze_state(whole.model)
+    assert_same_state(straight, whole, resumed, second)
+
+
+def assert_same_state(
+    straight: L.Trainer, whole: Classifier, resumed: L.Trainer, second: Classifier
+) -> None:
+    """The resumed run ends with the uninterrupted run's tensors and optimizer state."""
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(second.model.state_dict()[name], tensor), name
     state = straight.optimizers[0].state_dict()["state"]
@@ -214,17 +224,6 @@ def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
 
 def test_lora_adapters_train_under_the_callback_and_the_base_stays(tmp_path: Path) -> None:
     pytest.importorskip("peft")
-
-    class LoraClassifier(Classifier):
-        def __init__(self, seed: int) -> None:
-            L.LightningModule.__init__(self)
-            torch.manual_seed(seed)
-            small = {"img_size": 32, "patch_size": 8, "depth": 2}
-            self.model = za.adapt(
-                "timm/vit_tiny_patch16_224", pretrained=False, num_classes=3,
-                lora={"r": 2}, **small,
-            )  # fmt: skip
-
     module = LoraClassifier(0)
     base = {n: t.clone() for n, t in module.model.state_dict().items() if "lora_" not in n}
     adapters = {n: p.clone() for n, p in module.model.named_parameters() if "lora_B" in n}
@@ -258,21 +257,7 @@ class LoraClassifier(Classifier):
 def test_a_lora_run_with_a_schedule_resumes_exactly(tmp_path: Path) -> None:
     pytest.importorskip("peft")
     schedule = {2: "blocks.1"}  # the last block's base tensors join the adapters at epoch 2
-
-    def run(module: Classifier, epochs: int, root: Path, **kwargs) -> L.Trainer:
-        callback = ZooAdaptFinetuning(freeze="backbone", unfreeze=schedule, lr=1e-3)
-        checkpoint = kwargs.pop("checkpoint", None)
-        trainer = L.Trainer(
-            accelerator="cpu", devices=1, max_epochs=epochs, logger=False,
-            enable_progress_bar=False, enable_model_summary=False,
-            enable_checkpointing=checkpoint is not None, default_root_dir=root,
-            callbacks=[callback] + ([checkpoint] if checkpoint else []),
-        )  # fmt: skip
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trainer.fit(module, loader(), **kwargs)
-        return trainer
-
+    run = functools.partial(fit, unfreeze=schedule)
     whole = LoraClassifier(seed=0)
     straight = run(whole, 4, tmp_path / "straight")
     saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
@@ -286,10 +271,4 @@ def test_a_lora_run_with_a_schedule_resumes_exactly(tmp_path: Path) -> None:
     assert trainable(whole.model) == adapters | block | {"head.weight", "head.bias"}
     assert trainable(second.model) == trainable(whole.model)
     assert groups(resumed, second.model) == groups(straight, whole.model)
-    for name, tensor in whole.model.state_dict().items():
-        assert torch.equal(second.model.state_dict()[name], tensor), name
-    state = straight.optimizers[0].state_dict()["state"]
-    again = resumed.optimizers[0].state_dict()["state"]
-    assert state.keys() == again.keys()
-    for index, values in state.items():
-        assert all(torch.equal(values[k], again[index][k]) for k in values), index
+    assert_same_state(straight, whole, resumed, second)
