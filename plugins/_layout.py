@@ -22,7 +22,7 @@ def prefix(*paths: str) -> str:
 
 
 def exact(*names: str) -> str:
-    """Regex matching exactly the parameter ``names`` (parameters owned by the root)."""
+    """Regex matching exactly ``names`` (parameters owned by the root, or module names)."""
     return r"^(" + "|".join(re.escape(n) for n in names) + r")$"
 
 
@@ -100,22 +100,27 @@ def child_stages(
 
 
 def present_roles(table: dict[str, str]) -> Callable[[nn.Module], dict[str, str]]:
-    """The LoRA roles of ``table`` that some ``nn.Linear`` of the model plays.
+    """The LoRA roles of ``table`` that the model's adaptable layers play.
 
-    For families that cover many layouts (timm, transformers): a role is declared for a
-    model only when its regex full-matches one of the model's linear layers (those that
-    already hold adapters included).
+    For families that cover many layouts (timm, transformers): each role's regex is
+    narrowed to the linear layers and ungrouped convolutions it full-matches (those that
+    already hold adapters included), and a role none matches is not declared.
     """
 
     def roles(model: nn.Module) -> dict[str, str]:
-        linears = [base_name(n) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        return {
-            role: pattern
-            for role, pattern in table.items()
-            if any(re.fullmatch(pattern, name) for name in linears)
-        }
+        modules = model.named_modules()
+        layers = [base_name(n) for n, m in modules if _adaptable(m) and not is_adapter(f"{n}.")]
+        found = {role: [n for n in layers if re.fullmatch(p, n)] for role, p in table.items()}
+        return {role: exact(*names) for role, names in found.items() if names}
 
     return roles
+
+
+def _adaptable(module: nn.Module) -> bool:
+    """A layer LoRA can adapt: linear, or a convolution that is not grouped."""
+    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        return module.groups == 1
+    return isinstance(module, nn.Linear)
 
 
 def pointwise_convs(model: nn.Module) -> str:
@@ -128,4 +133,4 @@ def pointwise_convs(model: nn.Module) -> str:
         and module.groups == 1
         and not is_adapter(f"{name}.")
     ]
-    return "|".join(re.escape(name) for name in names)
+    return exact(*names)

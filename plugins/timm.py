@@ -218,15 +218,23 @@ def _head(model: nn.Module) -> tuple[str, ...]:
     return tuple(names[id(m)] for m in found if isinstance(m, nn.Module) and id(m) in names)
 
 
-#: LoRA roles in the layouts of timm's transformers (ViT, DeiT, BEiT, EVA, Swin, ...):
-#: fused ``qkv`` or separate ``q``/``k``/``v``, ``proj``, and the MLP's ``fc1``/``fc2``.
+#: Attention modules in timm's layouts: ``attn`` (ViT, DeiT, BEiT, EVA, Swin, LeViT,
+#: MobileNetV4, EfficientViT), ``attn_block``/``attn_grid`` (MaxViT), ``attn_in``/
+#: ``attn_out`` (TNT), ``token_mixer`` (MetaFormers, EfficientFormer, FastViT).
+_ATTENTION = r".*\.(attn\w*|token_mixer)"
+#: A conv-norm or linear-norm pair (LeViT, EfficientFormerV2, EfficientViT) holds its
+#: layer as ``.linear`` or ``.conv``.
+_LAYER = r"(\.linear|\.conv)?"
+#: LoRA roles in the layouts of timm's transformers: fused ``qkv`` (a linear layer or an
+#: ungrouped convolution, as in MaxxViT and MobileViTv2) or separate ``q``/``k``/``v``,
+#: the output projection, and the MLP's ``fc1``/``fc2`` (LeViT's ``ln1``/``ln2``).
 ROLES = {
-    "qkv": r".*\.attn\.qkv",
-    "q": r".*\.attn\.q(_proj)?",
-    "k": r".*\.attn\.k(_proj)?",
-    "v": r".*\.attn\.v(_proj)?",
-    "attn_out": r".*\.attn\.proj",
-    "mlp": r".*\.mlp\.fc[12]",
+    "qkv": rf"{_ATTENTION}\.(qkv|qkv_proj|qkvs\.\d+){_LAYER}",
+    "q": rf"{_ATTENTION}\.(q|q_proj|to_query|query\.proj){_LAYER}",
+    "k": rf"{_ATTENTION}\.(k|k_proj|to_key|key\.proj){_LAYER}",
+    "v": rf"{_ATTENTION}\.(v|v_proj|value\.proj){_LAYER}",
+    "attn_out": rf"{_ATTENTION}\.(proj|o_proj|out_proj|output\.proj)(\.ln|\.\d+)?{_LAYER}",
+    "mlp": r".*\.mlp\.(fc[12]|ln[12]\.linear)",
 }
 
 

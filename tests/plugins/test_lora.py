@@ -479,7 +479,10 @@ def test_training_with_adapters_resumes_exactly(tmp_path):
 # -- a sample of timm and transformers architectures, on meta ------------------------------
 
 TIMM_SAMPLE = ["deit_tiny_patch16_224", "beit_base_patch16_224", "eva02_tiny_patch14_224",
-               "swin_tiny_patch4_window7_224", "cait_xxs24_224"]  # fmt: skip
+               "swin_tiny_patch4_window7_224", "cait_xxs24_224", "levit_128s",
+               "maxvit_tiny_tf_224", "coatnet_0_224", "tnt_s_patch16_224",
+               "efficientformer_l1", "efficientformerv2_s0", "fastvit_sa12",
+               "mobilenetv4_hybrid_medium", "efficientvit_m0", "mobilevitv2_050"]  # fmt: skip
 HF_SAMPLE = {
     "DeiT": {}, "Beit": {}, "Dinov2": {}, "Swin": {"embed_dim": 16, "depths": [1, 1],
     "num_heads": [1, 1]},
@@ -506,6 +509,9 @@ TIMM_SMALL = {
     "swin_tiny_patch4_window7_224": {"window_size": 2, "embed_dim": 16, "depths": (1, 1),
                                      "num_heads": (1, 1)},
     "cait_xxs24_224": {"patch_size": 8, "depth": 2, "depth_token_only": 1},
+    "levit_128s": {},  # LinearNorm layers: the adapters go on their .linear
+    "coatnet_nano_rw_224": {},  # 2-D attention: its qkv is a 1x1 convolution
+    "tnt_s_patch16_224": {"patch_size": 8, "depth": 2},  # fused qk: v, proj and mlp only
 }  # fmt: skip
 
 
@@ -514,7 +520,11 @@ def test_the_timm_sample_trains_its_adapters_only_saves_and_merges(arch, tmp_pat
     def fresh(seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
         kwargs = {"img_size": 32, **TIMM_SMALL[arch]}
-        return timm.create_model(arch, num_classes=3, **kwargs).eval()
+        model = timm.create_model(arch, num_classes=3, **kwargs).eval()
+        for module in model.modules():  # LeViT starts each residual branch's BN at 0:
+            if isinstance(module, torch.nn.BatchNorm1d):  # frozen, no gradient gets in
+                torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+        return model
 
     lora_cycle(fresh, "all", tmp_path)
 
