@@ -21,7 +21,14 @@ from typing import Any
 
 from torch import nn
 
-from zooadapt import AdaptError, DataConfig, ModelNotFoundError, Weights, WeightsNotAvailableError
+from zooadapt import (
+    AdaptError,
+    DataConfig,
+    ModelNotFoundError,
+    Weights,
+    WeightsNotAvailableError,
+    offline,
+)
 
 ZOO = "hf"
 CONFIG = "config.json"
@@ -251,7 +258,7 @@ def _config_folder(arch: str) -> Path:
     config = cached(arch, CONFIG)
     if config is not None:
         return config.parent
-    reason = "offline mode (ZOOADAPT_OFFLINE)" if _offline() else ""
+    reason = "offline mode (ZOOADAPT_OFFLINE)" if offline() else ""
     if not reason:
         try:
             from huggingface_hub import hf_hub_download
@@ -265,12 +272,6 @@ def _config_folder(arch: str) -> Path:
         f"  cache dir: {_repo_folder(arch)}\n"
         f"  fetch it where there is a network: hf download {arch} "
         f"(then copy {cache_dir()} here, or set HF_HOME)"
-    )
-
-
-def _offline() -> bool:
-    return any(
-        os.environ.get(v, "") not in ("", "0") for v in ("ZOOADAPT_OFFLINE", "HF_HUB_OFFLINE")
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 from torch import nn
 
-from zooadapt.lora import base_name, is_adapter
+from zooadapt import is_adapter, lora_base_name
 
 GroupList = list[tuple[str, str]]
 
@@ -108,12 +108,20 @@ def present_roles(table: dict[str, str]) -> Callable[[nn.Module], dict[str, str]
     """
 
     def roles(model: nn.Module) -> dict[str, str]:
-        modules = model.named_modules()
-        layers = [base_name(n) for n, m in modules if _adaptable(m) and not is_adapter(f"{n}.")]
+        layers = _layers(model, _adaptable)
         found = {role: [n for n in layers if re.fullmatch(p, n)] for role, p in table.items()}
         return {role: exact(*names) for role, names in found.items() if names}
 
     return roles
+
+
+def _layers(model: nn.Module, wanted: Callable[[nn.Module], bool]) -> list[str]:
+    """Names of the modules ``wanted`` keeps; a layer holding adapters under its own name."""
+    return [
+        lora_base_name(name)
+        for name, module in model.named_modules()
+        if wanted(module) and not is_adapter(f"{name}.")
+    ]
 
 
 def _adaptable(module: nn.Module) -> bool:
@@ -125,12 +133,7 @@ def _adaptable(module: nn.Module) -> bool:
 
 def pointwise_convs(model: nn.Module) -> str:
     """Regex full-matching the names of the model's ungrouped 1x1 convolutions (LoRA ``conv``)."""
-    names = [
-        base_name(name)  # a layer that holds adapters is its base layer's name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Conv2d)
-        and module.kernel_size == (1, 1)
-        and module.groups == 1
-        and not is_adapter(f"{name}.")
-    ]
+    names = _layers(
+        model, lambda m: isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
+    )
     return exact(*names)

@@ -26,7 +26,7 @@ __all__ = [
     "ROLES",
     "TARGET_SETS",
     "adapter_names",
-    "base_name",
+    "lora_base_name",
     "is_adapter",
     "lora",
     "lora_roles",
@@ -135,14 +135,19 @@ def lora(
     The logits are unchanged at injection (the adapters' ``B`` starts at zero). The base
     weights are frozen with :func:`zooadapt.freeze` (``"backbone"``, BatchNorm policy
     ``bn``), then the adapters and the head are made trainable, so that a module holding
-    adapters runs in the model's mode while wholly frozen ones run in eval mode (a frozen
-    ``nn.MultiheadAttention`` in eval mode would take its fused path and skip them).
+    adapters runs in the model's mode while wholly frozen ones run in eval mode.
+
+    Layers whose weights a module reads as tensors (``nn.MultiheadAttention``, Swin's
+    attention) get zooadapt's layers, which add ``alpha / r * B @ A`` to the weight out
+    of place (:mod:`zooadapt._core.lora_layers`); others get PEFT's.
 
     Args:
         model: A model (wrappers such as DDP are looked through), changed in place.
         r: Rank of each adapter.
         alpha: Scale numerator (``alpha / r`` multiplies the update); ``None``: ``r``.
-        dropout: Dropout on the adapters' input.
+        dropout: Dropout on the adapters' input (none where a module reads the weight as
+            a tensor, as ``nn.MultiheadAttention`` and Swin's attention do: the update is
+            added to the weight there).
         targets: A role (``"qkv"``, ``"mlp"``...), ``"attention"``, ``"all"``, module-name
             regexes, or a list of them. Heads are never targeted.
         bn: BatchNorm policy of the frozen base, as in :func:`zooadapt.freeze`.
@@ -207,7 +212,7 @@ def lora_settings(model: nn.Module) -> dict[str, Any] | None:
     return dict(record) if record else None
 
 
-def base_name(name: str) -> str:
+def lora_base_name(name: str) -> str:
     """A tensor's name without PEFT's ``.base_layer``: its name before :func:`lora`."""
     return name.replace(".base_layer", "")
 

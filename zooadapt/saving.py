@@ -25,7 +25,7 @@ from zooadapt.adapt import adapt, adapted_from, sync_config
 from zooadapt.data import data_config, record_config
 from zooadapt.errors import CheckpointError, DataError, FamilyNotFoundError
 from zooadapt.labels import labels, record_labels
-from zooadapt.lora import base_name, is_adapter, lora_settings
+from zooadapt.lora import is_adapter, lora_base_name, lora_settings
 from zooadapt.types import DataConfig, Family
 
 __all__ = [
@@ -174,7 +174,8 @@ def adapters_only_state(
     anat = anatomy(model, family=family, plugin_manager=plugin_manager)
     prefixes = tuple(f"{path}." for path in (*anat.head, *anat.stems))
     state = unwrap(model).state_dict() if state is None else state
-    return {k: t for k, t in state.items() if is_adapter(k) or base_name(k).startswith(prefixes)}
+    kept = lambda key: is_adapter(key) or lora_base_name(key).startswith(prefixes)  # noqa: E731
+    return {k: t for k, t in state.items() if kept(k)}
 
 
 def checksum(tensor: torch.Tensor) -> str:

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 from hf_models import tiny_vit  # noqa: E402
 from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
 
-from zooadapt.lora import base_name, is_adapter  # noqa: E402
+from zooadapt.lora import is_adapter, lora_base_name  # noqa: E402
 
 
 def tv_vit() -> torch.nn.Module:
@@ -152,14 +152,14 @@ def _folded_by_hand(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     settings = za.lora_settings(model)
     scale = settings["alpha"] / settings["r"]
-    plain = {base_name(k): v.clone() for k, v in state.items() if not is_adapter(k)}
+    plain = {lora_base_name(k): v.clone() for k, v in state.items() if not is_adapter(k)}
     for key in state:
         if not key.endswith(".lora_A.default.weight"):
             continue
         layer = key.removesuffix(".lora_A.default.weight")
         down, up = state[key].flatten(1), state[f"{layer}.lora_B.default.weight"].flatten(1)
         target = next(
-            base_name(f"{layer}.base_layer.{w}")
+            lora_base_name(f"{layer}.base_layer.{w}")
             for w in ("weight", "in_proj_weight")
             if f"{layer}.base_layer.{w}" in state
         )
@@ -543,7 +543,7 @@ def lora_cycle(fresh: Callable[[int], torch.nn.Module], targets: object, tmp_pat
     adapters = [n for n, p in model.named_parameters() if "lora_B" in n]
     assert adapters and all(model.get_parameter(n).abs().sum() > 0 for n in adapters)
     head = set(za.anatomy(model).groups["head"])
-    after = {base_name(k): v for k, v in model.state_dict().items() if not is_adapter(k)}
+    after = {lora_base_name(k): v for k, v in model.state_dict().items() if not is_adapter(k)}
     assert all(torch.equal(after[n], t) for n, t in base.items() if n not in head)
     za.save(model, tmp_path / "lora.safetensors")
     again = za.lora(fresh(1), r=4, targets=targets)

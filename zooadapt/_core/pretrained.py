@@ -59,7 +59,11 @@ def select_weights(ref: ModelRef, pretrained: bool | str) -> Weights:
     )
 
 
-def _offline() -> bool:
+def offline() -> bool:
+    """Whether downloads are off: ``ZOOADAPT_OFFLINE`` or ``HF_HUB_OFFLINE`` set, not to 0.
+
+    Zoo plugins that download read it too, so that one switch covers every source.
+    """
     return any(
         os.environ.get(v, "") not in ("", "0") for v in ("ZOOADAPT_OFFLINE", "HF_HUB_OFFLINE")
     )
@@ -75,7 +79,7 @@ def ensure_local(weights: Weights, ref: ModelRef) -> Path:
     """
     path: Path | None = weights.file
     if not weights.cached:
-        reason = OFFLINE if _offline() else unreachable(weights.url)
+        reason = OFFLINE if offline() else unreachable(weights.url)
         path = None
         if not reason:
             reason, path = _download(weights)
