@@ -163,6 +163,23 @@ def test_a_new_class_gets_a_fresh_row_among_kept_ones(cached_mobilenet, offline)
     assert za.labels(model) == ("tabby", "my own cat")
 
 
+def test_a_class_name_one_typo_from_a_pretrained_one_warns_at_the_callers_line(
+    cached_mobilenet, offline
+):
+    import warnings
+
+    with pytest.warns(za.AdaptWarning) as caught:
+        model = za.adapt("mobilenet_v2", pretrained="IMAGENET1K_V1", classes=["Tabby", "mopedd"])
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2 and {w.filename for w in caught} == {__file__}
+    assert "'Tabby' is not one of the 1000 pretrained classes" in messages[0]
+    assert "did you mean 'tabby'?" in messages[0] and "did you mean 'moped'?" in messages[1]
+    assert za.labels(model) == ("Tabby", "mopedd")  # carried out: new rows, as asked
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # exact names and names far from any: no warning
+        za.adapt("mobilenet_v2", pretrained="IMAGENET1K_V1", classes=["tabby", "road", "cat"])
+
+
 def test_a_checkpoint_file_folds_the_stem_like_the_zoo_weights(
     cached_mobilenet, real_mobilenet_file, offline
 ):

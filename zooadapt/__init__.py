@@ -18,6 +18,7 @@ from typing import Any
 
 from zooadapt.errors import (
     AdaptError,
+    AdaptWarning,
     AmbiguousFamilyError,
     CheckpointError,
     DataError,
@@ -134,6 +135,7 @@ sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "AdaptError",
+    "AdaptWarning",
     "Adaptation",
     "AmbiguousFamilyError",
     "Anatomy",

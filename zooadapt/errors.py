@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "AdaptError",
+    "AdaptWarning",
     "AmbiguousFamilyError",
     "CheckpointError",
     "DataError",
@@ -36,6 +37,10 @@ class PluginError(ZooAdaptError):
 
 class PluginWarning(UserWarning):
     """A broken plugin was skipped (set ``ZOOADAPT_STRICT_PLUGINS=1`` to raise instead)."""
+
+
+class AdaptWarning(UserWarning):
+    """A request zooadapt carried out that is probably not what was meant."""
 
 
 class ModelNotFoundError(ZooAdaptError, LookupError):

@@ -7,6 +7,7 @@ ImageNet label info), and are shown only while they match the head's class count
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 from torch import nn
@@ -14,7 +15,8 @@ from torch import nn
 from zooadapt._core.anatomy import anatomy, call_family, describe
 from zooadapt._core.distributed import unwrap
 from zooadapt._core.plugins import PluginManager
-from zooadapt.errors import AdaptError
+from zooadapt._core.warn import warn
+from zooadapt.errors import AdaptError, AdaptWarning
 from zooadapt.types import Family
 
 __all__ = ["check_classes", "labels", "record_labels", "resolve_classes"]
@@ -110,10 +112,25 @@ def resolve_classes(
                 f"class name {entry!r} names classes {found} of {model}; give the index "
                 "you mean instead of the name"
             )
+        if not found and known:
+            _warn_if_misspelt(entry, known, model)
         rows.append(found[0] if found else None)
         names.append(entry)
     _check_unique(rows, names)
     return rows, tuple(names)
+
+
+def _warn_if_misspelt(name: str, known: Sequence[str], model: str) -> None:
+    """Warn when a new class's name is nearly a pretrained one: a row lost to a typo."""
+    folded = [k for k in known if k.casefold() == name.casefold()]
+    close = folded or difflib.get_close_matches(name, list(known), n=3, cutoff=0.85)
+    if close:
+        warn(
+            f"class name {name!r} is not one of the {len(known)} pretrained classes of "
+            f"{model}, so it gets a new, randomly initialised head row; did you mean "
+            f"{' or '.join(repr(c) for c in close)}? (give the name exactly, or its index)",
+            AdaptWarning,
+        )
 
 
 def _index(known: Sequence[str] | None) -> dict[str, list[int]]:
