@@ -318,6 +318,16 @@ def test_adapt_classes_then_predict_a_saved_checkpoint(tmp_path: Path, real_mobi
     assert text.returncode == 0 and text.stdout.splitlines()[1].endswith("  tabby")
 
 
+def test_a_near_miss_class_name_warns_in_one_line(tmp_path: Path, real_mobilenet_file):
+    env = _hub_env(tmp_path, real_mobilenet_file)
+    argv = ["adapt", "mobilenet_v2", "--pretrained", "IMAGENET1K_V1", "--classes", "Tabby,road"]
+    result = run(*argv, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [line for line in lines if line.startswith("zooadapt: warning: ")]
+    assert len(lines) == 1 and "did you mean 'tabby'?" in lines[0]
+
+
 def test_predict_a_registry_name_with_its_pretrained_labels(tmp_path: Path, real_mobilenet_file):
     env = _hub_env(tmp_path, real_mobilenet_file)
     cat, coffee = _photos(tmp_path)

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zooadapt.errors import AdaptError, CheckpointError, ModelNotFoundError, ZooAdaptError
+from zooadapt.errors import (
+    AdaptError,
+    AdaptWarning,
+    CheckpointError,
+    ModelNotFoundError,
+    PluginWarning,
+    ZooAdaptError,
+)
 
 if TYPE_CHECKING:  # torch and the library are imported once a command runs
     from torch import nn
@@ -781,6 +790,16 @@ def _one_line(err: BaseException) -> str:
     return f"{first.rstrip(':')} (full report: {report.name}; --debug shows the traceback)"
 
 
+def _show_warning(
+    fallback: Callable[..., None], message: Warning | str, category: type[Warning], *args: Any
+) -> None:
+    """Print a zooadapt warning as one line, like an error; others go to ``fallback``."""
+    if issubclass(category, (AdaptWarning, PluginWarning)):
+        print(f"zooadapt: warning: {message}", file=sys.stderr)
+    else:
+        fallback(message, category, *args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line.
 
@@ -793,7 +812,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     try:
-        args.run(args)
+        with warnings.catch_warnings():
+            if not args.debug:  # zooadapt's own warnings as one line each, like errors
+                warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
+            args.run(args)
     except KeyboardInterrupt:
         print("zooadapt: interrupted", file=sys.stderr)
         return 130
