@@ -13,6 +13,7 @@ to match. The ``hf`` zoo of Hub repositories is in ``_hf_hub``.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -117,32 +118,43 @@ def _labels(model: nn.Module) -> list[str] | None:
 
 
 def _sync(model: nn.Module, change: Adaptation) -> dict[str, Any]:
-    settings: dict[str, Any] = {}
+    """A changed copy of the config for every module holding it, and the channel counts.
+
+    transformers shares one config object among the models built from it (and the
+    caller's): changing it in place would make another model's config lie about its
+    head, so the adapted model gets its own.
+    """
+    config = copy.deepcopy(model.config)
     if change.num_classes is not None:
         names = change.labels or [f"LABEL_{i}" for i in range(change.num_classes)]
-        settings["config.num_labels"] = change.num_classes
-        settings["config.id2label"] = dict(enumerate(names))
-        settings["config.label2id"] = {name: i for i, name in enumerate(names)}
+        config.num_labels = change.num_classes
+        config.id2label = dict(enumerate(names))
+        config.label2id = {name: i for i, name in enumerate(names)}
+    settings: dict[str, Any] = {}
     if change.in_chans is not None:
+        for owner in _channel_configs(config):
+            owner.num_channels = change.in_chans
         settings.update({f"{path}num_channels": change.in_chans for path in _channel_owners(model)})
-    return settings
+    holders = [p for p, m in model.named_modules() if getattr(m, "config", None) is model.config]
+    return {**{f"{p}.config" if p else "config": config for p in holders}, **settings}
+
+
+def _channel_configs(config: Any) -> list[Any]:
+    """The config and, for CLIP-like models, its ``vision_config``, that record channels."""
+    configs = [config, getattr(config, "vision_config", None)]
+    return [c for c in configs if isinstance(getattr(c, "num_channels", None), int)]
 
 
 def _channel_owners(model: nn.Module) -> Iterator[str]:
-    """Where the input's channels are recorded: the configs and the modules above the stem.
-
-    The configs are ``config.`` and, for CLIP-like models, ``config.vision_config.``.
-    """
-    channels = None
-    for path in ("config.", "config.vision_config."):
-        config = model.config if path == "config." else getattr(model.config, "vision_config", None)
-        if isinstance(getattr(config, "num_channels", None), int):
-            channels = config.num_channels
-            yield path
+    """The modules above the stem that record the input's channels."""
+    configs = _channel_configs(model.config)
+    if not configs:
+        return
+    channels = configs[0].num_channels
     stem = _stem(model) or ""
     for path, module in model.named_modules():
         inside = path and (stem == path or stem.startswith(path + "."))
-        if inside and channels is not None and getattr(module, "num_channels", None) == channels:
+        if inside and getattr(module, "num_channels", None) == channels:
             yield path + "."
 
 

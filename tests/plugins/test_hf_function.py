@@ -69,6 +69,23 @@ def test_classes_keep_pretrained_rows_through_id2label():
     assert out.logits.shape == (2, 3) and out.loss.isfinite()
 
 
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_adapting_one_model_leaves_the_config_it_shares_with_another(kind):
+    """transformers gives every model built from one config that same object."""
+    first = BUILDERS[kind]()
+    config = first.config
+    second = type(first)(config)
+    before = config.to_dict()
+    za.adapt(first, num_classes=2, in_chans=1)
+    assert config.to_dict() == before and second.config is config
+    assert (first.config.num_labels, first.config.num_channels) == (2, 1)
+    owners = [m for m in first.modules() if hasattr(m, "config")]
+    assert len(owners) > 1 and all(m.config is first.config for m in owners)
+    with pytest.raises(za.AdaptError, match="in_chans"):  # a refused change copies nothing
+        za.adapt(second, in_chans=0)
+    assert second.config is config
+
+
 def test_frozen_tensors_stay_bit_identical_through_a_step():
     model = za.adapt(tiny_resnet(), num_classes=3, in_chans=1, freeze="backbone")
     frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
