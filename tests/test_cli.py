@@ -328,6 +328,22 @@ def test_a_near_miss_class_name_warns_in_one_line(tmp_path: Path, real_mobilenet
     assert len(lines) == 1 and "did you mean 'tabby'?" in lines[0]
 
 
+def test_adapt_from_a_file_prints_what_loading_it_did(tmp_path: Path):
+    torch.manual_seed(0)
+    file = tmp_path / "dp.pth"
+    state = torch.nn.DataParallel(za.adapt("resnet18", pretrained=False)).state_dict()
+    torch.save(state, file)
+    argv = ["adapt", "resnet18", "--pretrained", str(file), "--num-classes", "3"]
+    result = run(*argv, "--in-chans", "1")
+    assert result.returncode == 0, result.stderr
+    report = za.load_report(za.adapt("resnet18", pretrained=file, num_classes=3, in_chans=1))
+    assert f"weights: {report}\n" in result.stdout
+    assert len(report.renamed) == len(state) and report.dropped == ["fc.weight", "fc.bias"]
+    assert report.adapted == ["conv1.weight"]
+    assert "module.conv1.weight -> conv1.weight (strip DataParallel/DDP 'module.')" in str(report)
+    assert za.load_report(za.adapt("resnet18", pretrained=False)) is None  # nothing loaded
+
+
 def test_predict_a_registry_name_with_its_pretrained_labels(tmp_path: Path, real_mobilenet_file):
     env = _hub_env(tmp_path, real_mobilenet_file)
     cat, coffee = _photos(tmp_path)

@@ -457,6 +457,7 @@ FAMILY_FREE = {
     "first_conv",
     "freeze_state",
     "load_freeze_state",
+    "load_report",  # reads what adapt recorded
     "lora_settings",  # reads what za.lora recorded
     "merge_lora",  # folds PEFT's layers, whichever family
     "meta_copy",

@@ -35,6 +35,7 @@ from zooadapt.loading import (
     head_rows,
     load_state,
     materialize,
+    record_load_report,
     rename_keys,
     stem_channels,
 )
@@ -422,12 +423,14 @@ def _adapt_in_place(
     try:
         plan.apply(model)  # inside: a reset_head that fails half-way is undone too
         if checkpoint is not None:
-            load_state(
+            report = load_state(
                 model, checkpoint, rules=rules, targets=targets, source=source, assign=assign
             )
     except BaseException:
         plan.revert(model)
         raise
+    if checkpoint is not None:
+        record_load_report(model, report)
     record_config(model, after)
     record_labels(model, new_labels)
     return anat.head

@@ -335,6 +335,7 @@ def _cmd_weights(args: argparse.Namespace) -> None:
 
 def _cmd_adapt(args: argparse.Namespace) -> None:
     from zooadapt.adapt import adapt
+    from zooadapt.loading import load_report
     from zooadapt.summary import summary
 
     out = _check_out(args.out) if args.out is not None else None
@@ -354,6 +355,9 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
         trust_pickle=args.trust_pickle,
     )
     print(summary(model))
+    report = load_report(model)
+    if report is not None:
+        print(f"weights: {report}")
     if out is not None:
         print(f"saved {_save(model, out)}")
 

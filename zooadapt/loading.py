@@ -40,12 +40,15 @@ __all__ = [
     "checkpoint_rules",
     "LoadReport",
     "Targets",
+    "load_report",
     "load_state",
     "load_weights",
     "materialize",
     "rename_keys",
 ]
 
+#: Where ``adapt`` records the report of the checkpoint it loaded.
+_REPORT = "_zooadapt_load_report"
 #: Entries of each kind that a report's text shows before summarising the rest.
 REPORT_LINES = 10
 
@@ -184,6 +187,22 @@ class Targets:
 
 def _under(key: str, paths: Iterable[str]) -> bool:
     return any(key.startswith(path + ".") for path in paths)
+
+
+def load_report(model: nn.Module) -> LoadReport | None:
+    """What ``za.adapt(..., pretrained=FILE or "zoo/model")`` did loading that checkpoint.
+
+    Returns:
+        The :class:`LoadReport` (renamed, inflated, adapted, dropped... tensors), or
+        ``None`` when ``adapt`` loaded no checkpoint (a zoo's own weights are loaded by
+        its builder, before any surgery).
+    """
+    return unwrap(model).__dict__.get(_REPORT)
+
+
+def record_load_report(model: nn.Module, report: LoadReport | None) -> None:
+    """Keep ``report`` on the model for :func:`load_report`."""
+    unwrap(model).__dict__[_REPORT] = report
 
 
 def load_state(

@@ -244,6 +244,10 @@ def test_inflation_adapts_the_stem_channels_too_and_is_refused_without_inflate(t
         "monai/resnet18", pretrained=file, in_chans=1, num_classes=3, inflate="center",
         **TORCHVISION_RESNET,
     ).eval()  # fmt: skip
+    report = za.load_report(gray)
+    kernels = [k for k, t in flat.state_dict().items() if t.dim() == 4]
+    assert sorted(report.inflated) == sorted(kernels) and report.adapted == ["conv1.weight"]
+    assert sorted(report.dropped) == ["fc.bias", "fc.weight"] and report.ok
     image = volume(2, 1, 32, 32, seed=9)
     with torch.no_grad():  # the head is new: compare the features, gray as RGB
         features = torch.nn.Sequential(*list(flat.children())[:-1])(image.expand(-1, 3, -1, -1))
