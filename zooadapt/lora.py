@@ -26,9 +26,9 @@ __all__ = [
     "ROLES",
     "TARGET_SETS",
     "adapter_names",
-    "lora_base_name",
     "is_adapter",
     "lora",
+    "lora_base_name",
     "lora_roles",
     "lora_settings",
     "lora_targets",
@@ -168,7 +168,7 @@ def lora(
     if adapter_names(root):
         raise AdaptError(
             f"{type(root).__qualname__} already holds LoRA adapters on "
-            f"{len((lora_settings(root) or {}).get('targets', []))} modules: pass all the "
+            f"{len({n.split('.lora_')[0] for n in adapter_names(root)})} modules: pass all the "
             "targets in one za.lora call (targets=[...]), or za.merge_lora(model) first"
         )
     names = lora_targets(root, targets, family=family, plugin_manager=plugin_manager)
