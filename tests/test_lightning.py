@@ -271,4 +271,12 @@ def test_a_lora_run_with_a_schedule_resumes_exactly(tmp_path: Path) -> None:
     assert trainable(whole.model) == adapters | block | {"head.weight", "head.bias"}
     assert trainable(second.model) == trainable(whole.model)
     assert groups(resumed, second.model) == groups(straight, whole.model)
+    assert [g[0] for g in groups(straight, whole.model)] == [
+        "blocks.0.lora",
+        "blocks.1.lora",
+        "head",
+        "head.no_decay",
+        "blocks.1",
+        "blocks.1.no_decay",
+    ]  # the adapters keep a part of their own when their block's base tensors join
     assert_same_state(straight, whole, resumed, second)

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from zooadapt._core.adapters import ADAPTER, is_adapter, lora_base_name
 from zooadapt._core.anatomy import call_family, describe
 from zooadapt._core.distributed import unwrap
 from zooadapt._core.plugins import PluginManager
@@ -41,8 +42,6 @@ ROLES = ("qkv", "q", "k", "v", "attn_out", "mlp", "conv")
 TARGET_SETS = {"attention": ("qkv", "q", "k", "v", "attn_out"), "all": ROLES}
 #: Where :func:`lora` records its settings on the model.
 _RECORD = "_zooadapt_lora"
-#: Parameters PEFT adds, by name.
-ADAPTER = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\.")
 
 
 def lora_targets(
@@ -210,16 +209,6 @@ def lora_settings(model: nn.Module) -> dict[str, Any] | None:
     """
     record = unwrap(model).__dict__.get(_RECORD)
     return dict(record) if record else None
-
-
-def lora_base_name(name: str) -> str:
-    """A tensor's name without PEFT's ``.base_layer``: its name before :func:`lora`."""
-    return name.replace(".base_layer", "")
-
-
-def is_adapter(name: str) -> bool:
-    """Whether a parameter or state-dict name is a LoRA adapter tensor's."""
-    return ADAPTER.search(name) is not None
 
 
 def adapter_names(model: nn.Module) -> list[str]:

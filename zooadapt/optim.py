@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zooadapt._core.adapters import is_adapter
 from zooadapt._core.anatomy import anatomy
 from zooadapt._core.distributed import unwrap
 from zooadapt._core.plugins import PluginManager
@@ -166,12 +167,23 @@ def split_group(
     weight_decay: float,
     no_decay: set[str],
 ) -> list[dict[str, Any]]:
-    """One optimizer group (``weight_decay == 0``) or its decay and ``.no_decay`` parts."""
+    """One optimizer group, or its parts: decayed, ``.no_decay``, and ``.lora``.
+
+    LoRA adapters get a part of their own (decayed like the weights), so that the
+    group's base tensors, unfrozen later, join under the group's own name.
+    """
+    adapters = [p for n, p in named if is_adapter(n)]
+    base = [(n, p) for n, p in named if not is_adapter(n)]
     if weight_decay <= 0:
-        return [{"name": name, "params": [p for _, p in named], "lr": lr, "weight_decay": 0.0}]
-    decay = [p for n, p in named if n not in no_decay]
-    skip = [p for n, p in named if n in no_decay]
-    parts = [(name, decay, weight_decay), (f"{name}.no_decay", skip, 0.0)]
+        parts = [(name, [p for _, p in base], 0.0), (f"{name}.lora", adapters, 0.0)]
+    else:
+        decay = [p for n, p in base if n not in no_decay]
+        skip = [p for n, p in base if n in no_decay]
+        parts = [
+            (name, decay, weight_decay),
+            (f"{name}.no_decay", skip, 0.0),
+            (f"{name}.lora", adapters, weight_decay),
+        ]
     return [
         {"name": part, "params": params, "lr": lr, "weight_decay": wd}
         for part, params, wd in parts
@@ -228,7 +240,8 @@ def param_groups(
     Only tensors with ``requires_grad`` are included. Each group has a ``"name"`` (the
     freeze group), its real ``"lr"`` and ``"weight_decay"``. With ``weight_decay > 0``,
     a group is split into ``name`` (decayed) and ``name + ".no_decay"`` (norm weights,
-    biases, any 1-D tensor, and ``no_decay`` matches); empty parts are left out.
+    biases, any 1-D tensor, and ``no_decay`` matches). LoRA adapters are the part
+    ``name + ".lora"`` (decayed); empty parts are left out.
 
     Args:
         model: A model (wrappers such as DDP are looked through).

@@ -230,6 +230,12 @@ def test_adapters_sit_in_the_freeze_group_of_their_block():
     owner = {name: group for group, names in groups.items() for name in names}
     for name in za.adapter_names(model):
         assert owner[name] == f"blocks.{name.split('.')[1]}", name
+    optimizer = za.optimizer(model, "adamw", lr=1e-2, weight_decay=0.05, layer_decay=0.5)
+    rates = {g["name"]: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups}
+    assert rates == {
+        "blocks.0.lora": (1e-2 * 0.5**2, 0.05), "blocks.1.lora": (1e-2 * 0.5, 0.05),
+        "head": (1e-2, 0.05), "head.no_decay": (1e-2, 0.0),
+    }  # fmt: skip
 
 
 def test_unknown_roles_and_targets_are_refused_and_change_nothing():
