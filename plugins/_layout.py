@@ -134,6 +134,6 @@ def _adaptable(module: nn.Module) -> bool:
 def pointwise_convs(model: nn.Module) -> str:
     """Regex full-matching the names of the model's ungrouped 1x1 convolutions (LoRA ``conv``)."""
     names = _layers(
-        model, lambda m: isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
+        model, lambda m: isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and _adaptable(m)
     )
     return exact(*names)

@@ -164,10 +164,10 @@ def lora(
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise AdaptError(f"LoRA rank r must be a positive int, got {r!r}")
     root = unwrap(model)
-    if adapter_names(root):
+    if held := adapter_names(root):
         raise AdaptError(
             f"{type(root).__qualname__} already holds LoRA adapters on "
-            f"{len({n.split('.lora_')[0] for n in adapter_names(root)})} modules: pass all the "
+            f"{len({n.split('.lora_')[0] for n in held})} modules: pass all the "
             "targets in one za.lora call (targets=[...]), or za.merge_lora(model) first"
         )
     names = lora_targets(root, targets, family=family, plugin_manager=plugin_manager)

@@ -45,10 +45,7 @@ class Linear(PeftLinear):
         weight = self.get_base_layer().weight
         if self.disable_adapters or self.merged:
             return weight
-        for adapter in self.active_adapters:
-            if adapter in self.lora_A:
-                weight = weight + _update(self, adapter).to(weight.dtype)
-        return weight
+        return _adapted(self, weight)
 
 
 class MultiheadAttention(PeftMultiheadAttention):
@@ -65,12 +62,10 @@ class MultiheadAttention(PeftMultiheadAttention):
         self._check_forward_args(query, *args, **kwargs)
         base = self.get_base_layer()
         out_proj = base.out_proj  # PEFT's Linear around the output projection
-        in_weight, out_weight = base.in_proj_weight, out_proj.get_base_layer().weight
-        for adapter in self.active_adapters:
-            if adapter in self.lora_A:
-                in_weight = in_weight + _update(self, adapter).to(in_weight.dtype)
-                out_weight = out_weight + _update(out_proj, adapter).to(out_weight.dtype)
-        weights = {"in_proj_weight": in_weight, "out_proj.base_layer.weight": out_weight}
+        weights = {
+            "in_proj_weight": _adapted(self, base.in_proj_weight),
+            "out_proj.base_layer.weight": _adapted(out_proj, out_proj.get_base_layer().weight),
+        }
         return functional_call(base, weights, (query, *args), kwargs)
 
     def _restore_weights(self) -> None:
@@ -102,6 +97,14 @@ class MultiheadAttention(PeftMultiheadAttention):
                 with torch.no_grad():
                     base.in_proj_weight.sub_(_update(self, adapter).to(base.in_proj_weight.dtype))
         base.out_proj.unmerge()
+
+
+def _adapted(layer: Any, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` plus the update of each of ``layer``'s active adapters, out of place."""
+    for adapter in layer.active_adapters:
+        if adapter in layer.lora_A:
+            weight = weight + _update(layer, adapter).to(weight.dtype)
+    return weight
 
 
 def _update(layer: Any, adapter: str) -> torch.Tensor:
