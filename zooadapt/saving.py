@@ -23,7 +23,7 @@ from zooadapt._core.files import atomic_write, check_regular_file
 from zooadapt._core.plugins import PluginManager
 from zooadapt.adapt import adapt, adapted_from, sync_config
 from zooadapt.data import data_config, record_config
-from zooadapt.errors import CheckpointError, DataError, FamilyNotFoundError
+from zooadapt.errors import AdaptError, CheckpointError, DataError, FamilyNotFoundError
 from zooadapt.labels import labels, record_labels
 from zooadapt.lora import is_adapter, lora_base_name, lora_settings
 from zooadapt.types import DataConfig, Family
@@ -411,21 +411,26 @@ def _rebuild_with_adapters(
 ) -> nn.Module:
     """The base (zoo weights for an adapters-only file), the adapters, then the file."""
     from zooadapt.loading import load_weights
-    from zooadapt.lora import lora
 
     only = bool(info.get("adapters_only"))
-    model = adapt(
-        info["model"],
-        num_classes=info["num_classes"],
-        in_chans=info["in_chans"],
-        pretrained=info["weights"] if only else False,
-        plugin_manager=plugin_manager,
-        **info["model_kwargs"],
-    )
     settings = info["lora"]
-    targets = [re.escape(name) for name in settings["targets"]]
-    lora(model, r=settings["r"], alpha=settings["alpha"], dropout=settings["dropout"],
-         targets=targets, plugin_manager=plugin_manager)  # fmt: skip
+    try:
+        model = adapt(
+            info["model"],
+            num_classes=info["num_classes"],
+            in_chans=info["in_chans"],
+            pretrained=info["weights"] if only else False,
+            lora={
+                "r": settings["r"], "alpha": settings["alpha"], "dropout": settings["dropout"],
+                "targets": [re.escape(name) for name in settings["targets"]],
+            },
+            plugin_manager=plugin_manager,
+            **info["model_kwargs"],
+        )  # fmt: skip
+    except AdaptError as err:
+        raise CheckpointError(
+            f"{path}: the LoRA adapters it records cannot be rebuilt on {info['model']}: {err}"
+        ) from err
     report = load_weights(model, path, strict=not only, plugin_manager=plugin_manager)
     if report.unexpected or report.mismatched:
         raise CheckpointError(f"{path} does not fit the rebuilt {info['model']}:\n{report}")

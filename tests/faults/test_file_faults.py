@@ -128,6 +128,25 @@ def test_bad_za_save_metadata_is_refused(saved, tmp_path, change, message):
         za.load(target)
 
 
+@pytest.mark.parametrize(
+    "targets",
+    [["nothing.here"], ["layer1.0.bn1"], ["layer1.0.conv1", "layer1.0.bn1"]],
+    ids=["absent", "not-adaptable", "half-adaptable"],
+)
+def test_recorded_adapters_the_model_cannot_take_are_refused(saved, tmp_path, targets):
+    """Well-formed 'lora' metadata naming modules that are absent or a BatchNorm."""
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file, save_file
+
+    _, path, _ = saved
+    lora = {"r": 2, "alpha": 2, "dropout": 0.0, "targets": targets}
+    target = tmp_path / "lora.safetensors"
+    metadata = {"zooadapt": json.dumps({**za.saving.read_metadata(path), "lora": lora})}
+    save_file(load_file(str(path)), str(target), metadata=metadata)
+    with pytest.raises(za.CheckpointError, match=f"{target}: the LoRA adapters it records"):
+        za.load(target)
+
+
 @pytest.mark.parametrize("fraction", [0.05, 0.5, 0.95])
 def test_a_truncated_torch_zip_is_refused(tmp_path, fraction):
     model = za.adapt("resnet18", num_classes=3, pretrained=False)
