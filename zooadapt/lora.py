@@ -111,6 +111,13 @@ def _patterns(target: str, roles: Mapping[str, str], family: str) -> list[str]:
                 f"{sorted(roles) or 'none'}); pass module-name regexes to target others"
             )
         return [roles[target]]
+    try:
+        re.compile(target)
+    except re.error as err:
+        raise AdaptError(
+            f"LoRA target {target!r} is neither a role ({', '.join(ROLES)}), a role set "
+            f"({', '.join(TARGET_SETS)}) nor a valid module-name regex: {err}"
+        ) from err
     return [target]
 
 

@@ -319,6 +319,8 @@ class Family:
             object.__setattr__(self, "groups", _group_pairs(self.groups))
         if not callable(self.rename_rules):
             object.__setattr__(self, "rename_rules", tuple(self.rename_rules))
+        if self.roles is not None and not callable(self.roles):
+            object.__setattr__(self, "roles", _role_regexes(self.roles))
 
     def head_paths(self, model: nn.Module) -> tuple[str, ...]:
         """Return the required head paths for ``model``."""
@@ -376,7 +378,7 @@ class Family:
     def roles_of(self, model: nn.Module) -> dict[str, str]:
         """The declared LoRA roles for ``model`` (role -> module-name regex)."""
         roles = self.roles(model) if callable(self.roles) else self.roles
-        return dict(roles or {})
+        return _role_regexes(roles or {})
 
     def labels_of(self, model: nn.Module) -> tuple[str, ...] | None:
         """The declared class names for ``model``, or ``None``."""
@@ -396,6 +398,13 @@ def _group_pairs(
     for _, pattern in pairs:
         re.compile(pattern)
     return pairs
+
+
+def _role_regexes(roles: Mapping[str, str]) -> dict[str, str]:
+    """``roles`` as a dict, each regex compiled once (``re.error`` if one is invalid)."""
+    for pattern in roles.values():
+        re.compile(pattern)
+    return dict(roles)
 
 
 @dataclass(frozen=True)

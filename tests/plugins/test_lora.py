@@ -245,6 +245,8 @@ def test_unknown_roles_and_targets_are_refused_and_change_nothing():
         za.lora(model, targets="attn_out")
     with pytest.raises(za.AdaptError, match="matches no module"):
         za.lora(model, targets=r"encoder\.nothing")
+    with pytest.raises(za.AdaptError, match="nor a valid module-name regex: missing \\)"):
+        za.lora(model, targets=["qkv", r"encoder\.("])
     with pytest.raises(za.AdaptError, match="rank r must be a positive int"):
         za.lora(model, r=0)
     layer_norm = r"encoder\.layers\.encoder_layer_1\.ln_1"  # after a layer PEFT can adapt
@@ -254,6 +256,20 @@ def test_unknown_roles_and_targets_are_refused_and_change_nothing():
     assert all(p.requires_grad for p in model.parameters())
     assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())
     assert za.lora_settings(model) is None and "peft_config" not in vars(model)
+
+
+def test_a_family_with_an_invalid_role_regex_is_refused_naming_it():
+    import dataclasses
+    import re
+
+    family = next(d.item for d in za.get_plugin_manager().families() if d.item.name == "vit")
+    with pytest.raises(re.error):  # as data: at construction, so the plugin is skipped
+        dataclasses.replace(family, roles={"qkv": r"encoder\.("})
+    computed = dataclasses.replace(family, roles=lambda model: {"qkv": r"encoder\.("})
+    model = build("vit")
+    with pytest.raises(za.PluginError, match=r"family 'vit' \(roles\): error\('missing \)"):
+        za.lora(model, family=computed)
+    assert not za.adapter_names(model) and all(p.requires_grad for p in model.parameters())
 
 
 def test_module_regexes_target_layers_no_role_names():
